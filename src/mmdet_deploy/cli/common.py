@@ -1,0 +1,40 @@
+"""What every command shares: one-line user errors, exit codes, logging set-up."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from mmdet_deploy.errors import MMDetError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit codes, documented in the README.
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an error, or (mmdet-run) some files could not be scored
+EXIT_USAGE = 2  # the command line is wrong
+EXIT_PARITY = 3  # an artefact was written but failed its parity / accuracy gate
+
+
+def user_errors(func: F) -> F:
+    """Turn :class:`MMDetError` into one line on stderr and its exit code; bugs keep their traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MMDetError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)

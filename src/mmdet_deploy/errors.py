@@ -1,0 +1,66 @@
+"""The small exception hierarchy for user-facing errors.
+
+The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; anything that is not an
+:class:`MMDetError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MMDetError(Exception):
+    """Base class of every error caused by input, environment or configuration (not by a bug)."""
+
+    exit_code = 1
+
+
+class UsageError(MMDetError):
+    """Contradictory or invalid options; the command line itself is wrong."""
+
+    exit_code = 2
+
+
+class MissingDependencyError(MMDetError):
+    """An optional dependency (an extra) is not installed."""
+
+
+class CheckpointError(MMDetError):
+    """A checkpoint file is missing, unreadable, unsafe or does not fit the model."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint needs arbitrary unpickling (it could run code) and was refused."""
+
+
+class StateDictMismatchError(CheckpointError):
+    """Missing keys, unexpected keys or shape mismatches between a checkpoint and the model."""
+
+
+class ContractError(MMDetError):
+    """A model artefact lacks the embedded contract, or its contract is invalid or incompatible."""
+
+
+class ExportError(MMDetError):
+    """Exporting or writing an artefact failed."""
+
+
+class ParityError(MMDetError):
+    """An artefact's outputs differ from the PyTorch reference by more than the tolerance."""
+
+    exit_code = 3
+
+
+class BackendError(MMDetError):
+    """An inference backend could not be created or run as requested."""
+
+
+class EngineMismatchError(BackendError):
+    """A TensorRT engine was built for another TensorRT version or GPU."""
+
+
+class MediaError(MMDetError):
+    """One input file could not be decoded or preprocessed (reported per file, the run continues)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
