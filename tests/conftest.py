@@ -36,3 +36,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             has_trt = _has_tensorrt() if has_trt is None else has_trt
             if not has_trt:
                 item.add_marker(skip_trt)
+
+
+# --- shared artefacts of the tiny configuration (built once per test session) -------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """A full-format demo checkpoint of the tiny configuration (all heads load from it)."""
+    pytest.importorskip("torch")
+    from mmdet_deploy.model import write_demo_checkpoint
+
+    return write_demo_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pth", config="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_factory(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """``factory(head="simplified", **export_kwargs)`` -> ExportResult, cached per arguments."""
+    from mmdet_deploy.export import export_onnx
+
+    cache: dict = {}
+    folder = tmp_path_factory.mktemp("onnx")
+
+    def make(head: str = "simplified", **kwargs):
+        key = (head, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            name = f"tiny_{head}_{len(cache)}.onnx"
+            cache[key] = export_onnx(tiny_checkpoint, folder / name, head=head, config="tiny", **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_onnx_factory):
+    """Path of the tiny model exported with head ``simplified`` (fp32, parity-checked)."""
+    return tiny_onnx_factory("simplified").path

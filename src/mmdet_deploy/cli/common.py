@@ -38,3 +38,6 @@ def user_errors(func: F) -> F:
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    # exporter internals log every rewrite at INFO; keep our own messages readable
+    for noisy in ("onnxscript", "onnx_ir", "torch", "onnxslim"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
