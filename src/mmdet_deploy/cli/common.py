@@ -41,3 +41,5 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     # exporter internals log every rewrite at INFO; keep our own messages readable
     for noisy in ("onnxscript", "onnx_ir", "torch", "onnxslim"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)
+    # "torchvision is not installed. Skipping torchvision::nms": true, expected, and irrelevant here
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
