@@ -20,6 +20,7 @@ app = typer.Typer(
 #: Modules that add sub-commands to ``mmdet-export`` (each defines ``register(app)``).
 COMMAND_MODULES = (
     "mmdet_deploy.cli.model_cmds",
+    "mmdet_deploy.cli.build_cmds",
 )
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,191 @@
+"""PyTorch reference backend: the checkpoint itself, for parity checks and benchmarks.
+
+``model_path`` is a checkpoint (``.pth``/``.safetensors``) loaded with
+:func:`mmdet_deploy.model.load_model`. Options (keyword arguments):
+
+* ``head`` (``simplified``), ``config`` (``base``): which model to build.
+* ``precision``: ``fp32`` (default), ``fp16`` or ``bf16``: autocast on CUDA (attention runs through
+  ``scaled_dot_product_attention``, which picks the fused flash / memory-efficient kernels); on CPU
+  only ``fp32`` and ``bf16`` (CPU autocast) are offered.
+* ``cuda_graphs``: capture one CUDA graph per batch size and replay it (CUDA only).
+* ``compile``: ``torch.compile`` the model (with ``cuda_graphs`` it uses ``mode="reduce-overhead"``,
+  torch's own graph capture, instead of the manual capture).
+* ``tf32``: allow TF32 matmuls/convolutions on CUDA (default False, for strict fp32 parity); the
+  process-wide flags are restored on close.
+* ``threshold``: decision threshold recorded in the contract (default 0.5).
+
+The backend builds its own :class:`~mmdet_deploy.contract.ModelContract` (head, config, precision,
+checkpoint sha256, demo flag). ``bf16`` is not a contract precision: the contract says ``fp32`` with
+``extra["autocast"] = "bf16"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmdet_deploy.contract import CONFIGS, HEADS, LOGITS, ModelContract
+from mmdet_deploy.deps import require
+from mmdet_deploy.errors import BackendError, UsageError
+from mmdet_deploy.runtime.backends.base import Backend
+
+TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "head": "simplified",
+    "config": "base",
+    "precision": "fp32",
+    "cuda_graphs": False,
+    "compile": False,
+    "tf32": False,
+    "threshold": 0.5,
+}
+#: Warm-up iterations on a side stream before a CUDA graph capture (PyTorch's documented recipe).
+GRAPH_WARMUP = 3
+
+
+class TorchBackend(Backend):
+    """Run the PyTorch MM-Det model on ``cpu`` or ``cuda[:N]``."""
+
+    name = "torch"
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", **options: Any) -> None:
+        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
+        if unknown:
+            raise UsageError(f"torch backend: unknown options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
+        super().__init__(model_path, device=device, **{**DEFAULT_OPTIONS, **options})
+        opts = self.options
+        if opts["head"] not in HEADS:
+            raise UsageError(f"unknown head {opts['head']!r}; choose one of {', '.join(HEADS)}")
+        if opts["config"] not in CONFIGS:
+            raise UsageError(f"unknown config {opts['config']!r}; choose one of {', '.join(CONFIGS)}")
+        if opts["precision"] not in TORCH_PRECISIONS:
+            raise UsageError(f"torch precision must be one of {', '.join(TORCH_PRECISIONS)}")
+        self._cuda = str(device).lower().startswith("cuda")
+        if not self._cuda and str(device).lower() != "cpu":
+            raise UsageError(f"torch device must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
+        if not self._cuda and opts["precision"] == "fp16":
+            raise UsageError("fp16 autocast needs a CUDA device; on CPU use --precision fp32 or bf16")
+        if not self._cuda and opts["cuda_graphs"]:
+            raise UsageError("cuda_graphs needs a CUDA device")
+        self._model: Any = None
+        self._torch: Any = None
+        self._graphs: dict[int, tuple[Any, list[Any], Any]] = {}
+        self._saved_tf32: tuple[bool, bool] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _open(self) -> None:
+        torch = require("torch", "the torch backend")
+        from mmdet_deploy.model import load_model
+
+        if not self.model_path.is_file():
+            raise UsageError(f"checkpoint not found: {self.model_path}")
+        if self._cuda and not torch.cuda.is_available():
+            raise BackendError("device cuda requested but PyTorch sees no CUDA GPU (CPU-only build or no driver)")
+        opts = self.options
+        model = load_model(self.model_path, head=opts["head"], config=opts["config"])
+        self._torch = torch
+        self._device = torch.device(self.device)
+        if self._cuda:
+            self._saved_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = bool(opts["tf32"])
+            torch.backends.cudnn.allow_tf32 = bool(opts["tf32"])
+        model = model.to(self._device).eval()
+        if opts["compile"]:
+            mode = "reduce-overhead" if opts["cuda_graphs"] else None
+            model = torch.compile(model, mode=mode)
+        self._model = model
+        self.contract = self._make_contract(model)
+
+    def _make_contract(self, model: Any) -> ModelContract:
+        info = getattr(model, "checkpoint_info", None) or getattr(
+            getattr(model, "_orig_mod", None), "checkpoint_info", None
+        )
+        opts = self.options
+        precision = "fp16" if opts["precision"] == "fp16" else "fp32"
+        extra: dict[str, Any] = {"device": str(self.device)}
+        if opts["precision"] == "bf16":
+            extra["autocast"] = "bf16"
+        return ModelContract(
+            head=opts["head"],
+            config=opts["config"],
+            precision=precision,
+            threshold=float(opts["threshold"]),
+            checkpoint_sha256=getattr(info, "sha256", "") or "",
+            demo_weights=bool(getattr(info, "demo", False)),
+            exporter="torch",
+            versions={"torch": str(self._torch.__version__)},
+            extra=extra,
+        )
+
+    def _close(self) -> None:
+        torch = self._torch
+        self._graphs.clear()
+        self._model = None
+        if torch is not None and self._saved_tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved_tf32
+            self._saved_tf32 = None
+        if torch is not None and self._cuda:
+            torch.cuda.empty_cache()
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _autocast(self, cache: bool = True) -> Any:
+        """Autocast for the configured precision (a no-op for fp32); ``cache=False`` inside graph capture."""
+        torch = self._torch
+        precision = self.options["precision"]
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        return torch.autocast(
+            device_type=self._device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache
+        )
+
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        assert self.contract is not None
+        names = self.contract.input_names
+        tensors = [torch.from_numpy(inputs[n]) for n in names]
+        with torch.inference_mode():
+            if self._cuda and self.options["cuda_graphs"] and not self.options["compile"]:
+                logits = self._replay(tensors)
+            else:
+                args = [t.to(self._device, non_blocking=True) for t in tensors]
+                with self._autocast():
+                    logits = self._model(*args)
+            out = logits.float().cpu().numpy()
+        return {LOGITS: out}
+
+    def _replay(self, tensors: list[Any]) -> Any:
+        """Copy into the static inputs of this batch size's graph (captured on first use) and replay."""
+        batch = int(tensors[0].shape[0])
+        if batch not in self._graphs:
+            self._graphs[batch] = self._capture(tensors)
+        graph, static_in, static_out = self._graphs[batch]
+        for dst, src in zip(static_in, tensors, strict=True):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, tensors: list[Any]) -> tuple[Any, list[Any], Any]:
+        torch = self._torch
+        static_in = [t.to(self._device).clone() for t in tensors]
+        side = torch.cuda.Stream(device=self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        # autocast's weight-cast cache must be off during capture (PyTorch CUDA graphs notes)
+        with torch.cuda.stream(side), self._autocast(cache=False):
+            for _ in range(GRAPH_WARMUP):
+                self._model(*static_in)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), self._autocast(cache=False):  # one private memory pool per graph
+            static_out = self._model(*static_in)
+        return graph, static_in, static_out
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        opts = self.options
+        info.update({k: opts[k] for k in ("head", "config", "precision", "cuda_graphs", "compile")})
+        if self._torch is not None:
+            info["torch"] = str(self._torch.__version__)
+            if self._cuda:
+                info["gpu"] = self._torch.cuda.get_device_name(self._device)
+        return info
