@@ -1,0 +1,316 @@
+"""From one media file to model-ready clips: the public preprocessing API (calibration and benchmarks use it).
+
+::
+
+    pre = Preprocessor(contract)              # preset, frames, size, mean/std from the model's contract
+    item = pre("clip.mp4")                    # MediaError for a bad file
+    item.clips                                # float32 (W, T, 3, S, S), ImageNet-normalised RGB
+    item.recons                               # same shape: the recons input
+    item.frame_indices, item.detector, item.frames_without_face, item.timings
+
+Presets (model-spec section 8):
+
+* ``faces`` (the seed): ``T`` frames at ``np.linspace`` indices over the frames of the first ``max_seconds``
+  (10 s), decoded exactly; per frame the largest face, its box grown 30 % into a square, cropped and resized
+  to ``S`` x ``S`` (INTER_AREA when shrinking, INTER_LINEAR when enlarging); a frame without a face is
+  resized whole. A video with fewer than ``T`` frames repeats frames (the seed's linspace does that). One
+  window. An image is one frame repeated ``T`` times.
+* ``frames`` (the official MM-Det test): every frame, ``CenterCrop(S)`` of the full frame (zero-padded when
+  smaller, never resized), split into non-overlapping windows of ``T`` frames from frame 0, an incomplete
+  last window dropped, at most ``max_windows`` windows (without it, a safety cap of
+  :data:`SAFETY_WINDOWS` windows, noted in the file's reason when reached). A video with fewer than ``T``
+  frames has no window and is an error. An image is one crop repeated ``T`` times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmdet_deploy.contract import PRESETS, ModelContract
+from mmdet_deploy.errors import ContractError, MediaError, UsageError
+from mmdet_deploy.runtime import transforms
+from mmdet_deploy.runtime.decode import DEFAULT_MAX_PIXELS, load_image, open_video, resolve_decoder
+from mmdet_deploy.runtime.faces import FaceFinder
+from mmdet_deploy.runtime.media import IMAGE, VIDEO, media_kind
+from mmdet_deploy.runtime.recons import IdentityReconstruction, ReconstructionSource
+
+#: The seed samples within the first 10 seconds of a video.
+MAX_SECONDS = 10.0
+#: Frame rate assumed for the 10-second limit when a container does not declare one.
+FALLBACK_FPS = 30.0
+#: frames preset without --max-windows: windows scored at most per video (10,000 frames, ~1.5 GB of crops).
+SAFETY_WINDOWS = 1000
+
+
+@dataclass
+class PreparedFile:
+    """One file turned into model input, plus what a user needs to trust the result.
+
+    ``originals`` / ``reconstructions`` are uint8 RGB ``(W, T, S, S, 3)`` (the same array when the
+    reconstruction is the identity); :attr:`clips` / :attr:`recons` are their normalised float32
+    ``(W, T, 3, S, S)`` views, built on first access. ``timings`` are seconds spent per stage in this file:
+    ``decode``, ``face_detection``, ``preprocess``.
+    """
+
+    path: Path
+    kind: str
+    preset: str
+    originals: np.ndarray
+    reconstructions: np.ndarray
+    frame_indices: list[list[int]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    detector: str | None = None
+    frames_without_face: int = 0
+    #: Distinct source frames used (1 for an image).
+    frames_used: int = 0
+    #: Frames decoded from the video (None for an image).
+    frames_decoded: int | None = None
+    fps: float | None = None
+    decoder: str | None = None
+    #: Non-fatal remarks (short video, decoding stopped early...), reported in the ``reason`` column.
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def windows(self) -> int:
+        return int(self.originals.shape[0])
+
+    @property
+    def no_face(self) -> bool:
+        """True when the faces preset found no face in any frame (every frame was resized whole)."""
+        return self.preset == "faces" and self.frames_used > 0 and self.frames_without_face >= self.frames_used
+
+    @cached_property
+    def clips(self) -> np.ndarray:
+        return transforms.normalise(self.originals, self.mean, self.std)
+
+    @cached_property
+    def recons(self) -> np.ndarray:
+        if self.reconstructions is self.originals:
+            return self.clips
+        return transforms.normalise(self.reconstructions, self.mean, self.std)
+
+    def window_inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised ``(original, recons)`` of windows ``start:stop`` only (keeps memory to one batch)."""
+        original = transforms.normalise(self.originals[start:stop], self.mean, self.std)
+        if self.reconstructions is self.originals:
+            return original, original
+        return original, transforms.normalise(self.reconstructions[start:stop], self.mean, self.std)
+
+
+class Preprocessor:
+    """Turns a path into a :class:`PreparedFile` under a model contract. Thread-safe: workers share one.
+
+    ``preset`` None takes the contract's. ``face_detectors`` None uses every available detector in the
+    default order; ``max_windows`` caps the windows of the ``frames`` preset. Keyword options:
+    ``decoder`` (auto|pyav|opencv), ``max_pixels`` (image bomb guard), ``max_seconds`` (faces preset
+    sampling span), ``reconstruction`` (a :class:`ReconstructionSource`), and the face detector options of
+    :class:`~mmdet_deploy.runtime.faces.FaceFinder` (``detect_max_side``, ``box_scale``, ``yunet_model``,
+    ``mediapipe_model``).
+    """
+
+    def __init__(
+        self,
+        contract: ModelContract,
+        preset: str | None = None,
+        face_detectors: Sequence[str] | None = None,
+        max_windows: int | None = None,
+        *,
+        decoder: str = "auto",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_seconds: float = MAX_SECONDS,
+        reconstruction: ReconstructionSource | None = None,
+        **detector_options: Any,
+    ) -> None:
+        if contract.head == "fusion":
+            raise ContractError(
+                "the model has the 'fusion' head, which also needs multimodal features (clip_feature, "
+                "mm_tokens) that this runtime does not compute; export the 'simplified' or 'fc' head"
+            )
+        self.contract = contract
+        self.preset = preset or contract.preset
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if max_windows is not None and max_windows < 1:
+            raise UsageError(f"--max-windows must be at least 1, got {max_windows}")
+        if max_seconds <= 0:
+            raise UsageError(f"max_seconds must be positive, got {max_seconds}")
+        self.max_windows = max_windows
+        #: Windows kept at most when ``max_windows`` is None: the frames preset holds every crop of a video
+        #: in memory (150 KB per 224x224 frame), so an hour-long file must not take the whole run down.
+        self.safety_windows = SAFETY_WINDOWS
+        self.decoder = resolve_decoder(decoder)
+        self.max_pixels = max_pixels
+        self.max_seconds = max_seconds
+        self.reconstruction = reconstruction or IdentityReconstruction()
+        self.frames = contract.frames
+        self.size = contract.image_size
+        self.faces: FaceFinder | None = None
+        if self.preset == "faces":
+            self.faces = FaceFinder(face_detectors, **detector_options)
+        elif detector_options or face_detectors:
+            unused = sorted(detector_options) + (["face_detectors"] if face_detectors else [])
+            raise UsageError(f"face detector options {unused} only apply to the faces preset, not to '{self.preset}'")
+
+    def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
+        path = Path(path)
+        kind = kind or media_kind(path)
+        if kind == IMAGE:
+            return self._image(path)
+        if kind == VIDEO:
+            return self._video(path)
+        raise MediaError(str(path), f"unsupported file type '{path.suffix or '(no extension)'}'")
+
+    # -- shared ----------------------------------------------------------------------------------------------
+    def _new(self, path: Path, kind: str) -> PreparedFile:
+        empty = np.empty((0, self.frames, self.size, self.size, 3), np.uint8)
+        item = PreparedFile(path, kind, self.preset, empty, empty, [], self.contract.mean, self.contract.std)
+        item.timings = {"decode": 0.0, "face_detection": 0.0, "preprocess": 0.0}
+        return item
+
+    def _spatial(self, frame: np.ndarray, item: PreparedFile) -> tuple[np.ndarray, np.ndarray]:
+        """Crop / resize one full frame and its reconstruction to (S, S, 3); updates face bookkeeping."""
+        recon = self.reconstruction.reconstruct(frame)
+        if self.faces is None:
+            t0 = time.perf_counter()
+            out = transforms.center_crop(frame, self.size)
+            out_r = out if recon is frame else transforms.center_crop(recon, self.size)
+            item.timings["preprocess"] += time.perf_counter() - t0
+            return out, out_r
+        t0 = time.perf_counter()
+        box, detector = self.faces.crop_box(frame)
+        t1 = time.perf_counter()
+        item.timings["face_detection"] += t1 - t0
+        if box is None:
+            item.frames_without_face += 1
+            out = transforms.resize_square(frame, self.size)
+            out_r = out if recon is frame else transforms.resize_square(recon, self.size)
+        else:
+            if item.detector is None:
+                item.detector = detector
+            elif detector not in item.detector.split("+"):
+                item.detector += f"+{detector}"
+            out = transforms.resize_square(transforms.crop(frame, box), self.size)
+            out_r = out if recon is frame else transforms.resize_square(transforms.crop(recon, box), self.size)
+        item.timings["preprocess"] += time.perf_counter() - t1
+        return out, out_r
+
+    @staticmethod
+    def _finish(item: PreparedFile, crops: list[np.ndarray], recons: list[np.ndarray], shape: tuple[int, ...]) -> None:
+        item.originals = np.stack(crops).reshape(shape)
+        same = all(a is b for a, b in zip(crops, recons, strict=True))
+        item.reconstructions = item.originals if same else np.stack(recons).reshape(shape)
+
+    # -- images -----------------------------------------------------------------------------------------------
+    def _image(self, path: Path) -> PreparedFile:
+        item = self._new(path, IMAGE)
+        t0 = time.perf_counter()
+        frame = load_image(path, self.max_pixels)
+        item.timings["decode"] = time.perf_counter() - t0
+        out, out_r = self._spatial(frame, item)
+        t1 = time.perf_counter()
+        shape = (1, self.frames, self.size, self.size, 3)
+        self._finish(item, [out] * self.frames, [out_r] * self.frames, shape)
+        item.timings["preprocess"] += time.perf_counter() - t1
+        item.frame_indices = [[0] * self.frames]
+        item.frames_used = 1
+        return item
+
+    # -- videos -----------------------------------------------------------------------------------------------
+    def _video(self, path: Path) -> PreparedFile:
+        item = self._new(path, VIDEO)
+        item.decoder = self.decoder
+        if self.preset == "faces":
+            self._video_faces(path, item)
+        else:
+            self._video_frames(path, item)
+        return item
+
+    def _video_faces(self, path: Path, item: PreparedFile) -> None:
+        t0 = time.perf_counter()
+        frames: dict[int, np.ndarray] = {}
+        with open_video(path, self.decoder) as reader:
+            item.fps = reader.fps
+            fps = reader.fps or FALLBACK_FPS
+            limit = max(1, int(fps * self.max_seconds))  # the seed's int(fps * 10)
+            guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
+            wanted = set(transforms.sample_indices(guess, self.frames))
+            scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
+        count = scan.decoded
+        if count == 0:
+            raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
+        indices = transforms.sample_indices(count, self.frames)
+        if not set(indices) <= frames.keys():
+            # The container's frame count was wrong (or decoding stopped early): now that the true count is
+            # known, decode again and keep the exact frames of the seed's sampling over that count.
+            frames.clear()
+            wanted = set(indices)
+            with open_video(path, self.decoder) as reader:
+                rescan = reader.scan(wanted.__contains__, frames.__setitem__, count)
+            if not set(indices) <= frames.keys():
+                raise MediaError(str(path), f"frames changed between two decoding passes ({rescan.error or 'fewer'})")
+        item.timings["decode"] = time.perf_counter() - t0
+        item.frames_decoded = count
+        if scan.error:
+            item.notes.append(scan.error)
+        if count < self.frames:
+            item.notes.append(f"only {count} frames: sampled frames repeat to fill {self.frames}")
+        if item.fps is None:
+            item.notes.append(f"frame rate unknown: first {limit} frames sampled ({FALLBACK_FPS:g} fps assumed)")
+        processed = {i: self._spatial(frames[i], item) for i in sorted(set(indices))}
+        t1 = time.perf_counter()
+        shape = (1, self.frames, self.size, self.size, 3)
+        self._finish(item, [processed[i][0] for i in indices], [processed[i][1] for i in indices], shape)
+        item.timings["preprocess"] += time.perf_counter() - t1
+        item.frame_indices = [indices]
+        item.frames_used = len(processed)
+
+    def _video_frames(self, path: Path, item: PreparedFile) -> None:
+        crops: list[np.ndarray] = []
+        recons: list[np.ndarray] = []
+
+        def keep(index: int, frame: np.ndarray) -> None:
+            out, out_r = self._spatial(frame, item)
+            crops.append(out)
+            recons.append(out_r)
+
+        cap = self.max_windows if self.max_windows is not None else self.safety_windows
+        # Without an explicit cap, one frame beyond the safety cap tells "exactly at the cap" from "longer".
+        limit = cap * self.frames + (0 if self.max_windows is not None else 1)
+        t0 = time.perf_counter()
+        with open_video(path, self.decoder) as reader:
+            item.fps = reader.fps
+            scan = reader.scan(lambda index: True, keep, limit)
+        # Time in the visitor (crops) is preprocessing; the remainder of the pass is decoding.
+        item.timings["decode"] = time.perf_counter() - t0 - item.timings["preprocess"]
+        count = scan.decoded
+        item.frames_decoded = count
+        if count == 0:
+            raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
+        if self.max_windows is None and count > cap * self.frames:
+            item.notes.append(
+                f"longer than the safety cap of {cap} windows ({cap * self.frames} frames held in memory): "
+                "only those were scored; pass --max-windows to choose the number"
+            )
+        windows = transforms.window_indices(count, self.frames, cap)
+        if not windows:
+            raise MediaError(
+                str(path), f"only {count} decodable frames; the frames preset needs at least {self.frames} (one window)"
+            )
+        if scan.error:
+            item.notes.append(scan.error)
+        used = len(windows) * self.frames
+        t1 = time.perf_counter()
+        shape = (len(windows), self.frames, self.size, self.size, 3)
+        self._finish(item, crops[:used], recons[:used], shape)
+        item.timings["preprocess"] += time.perf_counter() - t1
+        item.frame_indices = windows
+        item.frames_used = used
