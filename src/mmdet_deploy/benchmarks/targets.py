@@ -1,0 +1,104 @@
+"""Derived figures (achieved TFLOP/s, share of the measured peak) and the issue's targets, met or not.
+
+Speed-ups compare two rows at the smallest batch size both measured (p50 latency per clip); the ratios
+at every common batch size are kept in the report too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+#: Precision of a row -> dtype of the measured peak it is compared with (INT8 against the fp16/fp32 peak:
+#: the machine's int8 matmul peak is not measured; the share is then an upper-bound style indicator).
+PEAK_DTYPE = {
+    "cpu": {"fp32": "float32", "fp16": "float32", "bf16": "float32", "int8": "float32"},
+    "cuda": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "float16"},
+}
+
+
+def add_compute_figures(records: Sequence[dict[str, Any]], flops_per_clip: float, peaks: Mapping[str, Any]) -> None:
+    """Add ``tflops`` and ``peak_share`` (0..1) to every measured batch of every record, in place.
+
+    ``peaks`` maps ``"{device}:{dtype}"`` to a :func:`~.flops.measure_peak_tflops` result.
+    """
+    for rec in records:
+        dtype = PEAK_DTYPE.get(rec["device"], {}).get(rec["precision"], "float32")
+        peak = peaks.get(f"{rec['device']}:{dtype}")
+        rec["peak_reference"] = f"{rec['device']}:{dtype}" if peak else None
+        for batch in rec.get("batches", {}).values():
+            if batch.get("status") != "ok":
+                continue
+            batch["tflops"] = flops_per_clip * batch["clips_per_s"] / 1e12
+            batch["peak_share"] = batch["tflops"] / peak["tflops"] if peak else None
+
+
+def _by_key(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["key"]: r for r in records}
+
+
+def speedup(records: Sequence[dict[str, Any]], fast: str, slow: str) -> dict[str, Any] | None:
+    """Per-clip p50 speed-up of row ``fast`` over row ``slow``: ``{batch, ratio, by_batch}``, or None."""
+    rows = _by_key(records)
+    a, b = rows.get(fast), rows.get(slow)
+    if not a or not b or a["status"] != "ok" or b["status"] != "ok":
+        return None
+    by_batch = {}
+    for bs, fa in a["batches"].items():
+        fb = b["batches"].get(bs)
+        if fa.get("status") == "ok" and fb and fb.get("status") == "ok":
+            by_batch[bs] = fb["p50_ms_per_clip"] / fa["p50_ms_per_clip"]
+    if not by_batch:
+        return None
+    first = min(by_batch, key=int)
+    return {"batch": int(first), "ratio": by_batch[first], "by_batch": by_batch}
+
+
+def _target(
+    name: str, threshold: float, unit: str, value: float | None, why_na: str, detail: str = ""
+) -> dict[str, Any]:
+    if value is None:
+        status = f"n/a: {why_na}"
+    else:
+        status = "met" if value >= threshold else "not met"
+    return {"target": name, "threshold": threshold, "unit": unit, "value": value, "status": status, "detail": detail}
+
+
+def _row_status(records: Sequence[dict[str, Any]], *keys: str) -> str:
+    rows = _by_key(records)
+    for key in keys:
+        rec = rows.get(key)
+        if rec is None:
+            return f"{key} not in this run (--rows)"
+        if rec["status"] != "ok":
+            return f"{key} {rec['status']}"
+    return "rows share no batch size"
+
+
+def evaluate_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The issue's five targets with measured value, threshold and ``met`` / ``not met`` / ``n/a: why``."""
+    out = []
+    pairs = (
+        ("CPU: ONNX Runtime fp32 at least as fast as PyTorch eager fp32 per clip", 1.0,
+         "ort-fp32@cpu", "torch-eager-fp32@cpu"),
+        ("CPU: ONNX Runtime INT8 at least 2x PyTorch eager fp32", 2.0, "ort-int8@cpu", "torch-eager-fp32@cpu"),
+    )  # fmt: skip
+    for name, threshold, fast, slow in pairs:
+        s = speedup(records, fast, slow)
+        detail = f"p50 per clip at batch {s['batch']}" if s else ""
+        out.append(_target(name, threshold, "x", s["ratio"] if s else None, _row_status(records, fast, slow), detail))
+    overlap = e2e.get("overlap_efficiency") if e2e else None
+    ratio = e2e.get("speedup_vs_seed") if e2e else None
+    why = (e2e or {}).get("status", "end-to-end not run (--no-e2e)")
+    out.append(_target("End-to-end overlap efficiency (pipeline / model-only, same backend)", 0.9, "ratio", overlap,
+                       why, (e2e or {}).get("overlap_detail", "")))
+    out.append(_target("End-to-end at least 2x the seed-style pipeline (files/s, same model)", 2.0, "x", ratio, why))
+    gpu = speedup(records, "torch-fp16-graphs@cuda", "torch-eager-fp32@cuda")
+    out.append(
+        _target(
+            "GPU: PyTorch fp16 + fused attention + CUDA graphs at least 4x eager fp32", 4.0, "x",
+            gpu["ratio"] if gpu else None, _row_status(records, "torch-fp16-graphs@cuda", "torch-eager-fp32@cuda"),
+            f"p50 per clip at batch {gpu['batch']}" if gpu else "",
+        )
+    )  # fmt: skip
+    return out

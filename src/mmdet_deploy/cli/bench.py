@@ -1,0 +1,101 @@
+"""``mmdet-bench``: PyTorch vs ONNX Runtime vs TensorRT, model-level and end-to-end, in one report.
+
+A thin layer over :func:`mmdet_deploy.benchmarks.suite.run_benchmark`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mmdet_deploy.cli.common import setup_logging, user_errors
+from mmdet_deploy.errors import UsageError
+
+app = typer.Typer(
+    name="mmdet-bench",
+    help="Benchmark every backend and precision this machine can run, and the whole pipeline, in one report.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def parse_batch_sizes(text: str | None) -> tuple[int, ...] | None:
+    """``"1,4"`` -> (1, 4); raises :class:`UsageError` on anything but positive integers."""
+    if text is None:
+        return None
+    try:
+        sizes = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes {text!r}: expected comma-separated positive integers, e.g. 1,4") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise UsageError(f"--batch-sizes {text!r}: expected comma-separated positive integers, e.g. 1,4")
+    return sizes
+
+
+def _list_rows(device: str, compile_: bool) -> None:
+    from mmdet_deploy.benchmarks.capabilities import CAPABILITIES, availability, probe_environment
+
+    env = probe_environment({"compile"} if compile_ else ())
+    for row in CAPABILITIES:
+        typer.echo(f"{row.key:28s} {row.label:42s} {availability(row, env, device).status}")
+
+
+@app.command()
+@user_errors
+def bench(
+    out: Path = typer.Option(None, "--out", help="Folder for report.md/json/png, artefacts and work files."),
+    weights: Path = typer.Option(None, help="Checkpoint to benchmark; default: seeded demo weights of --config."),
+    config: str = typer.Option("base", help="Model configuration: base (the real model) or tiny (tests, CI)."),
+    head: str = typer.Option("simplified", help="Head: simplified or fc."),
+    batch_sizes: str = typer.Option(None, help="Comma-separated clips per call; default 1,4 (1,2 for base on CPU)."),
+    device: str = typer.Option("cpu", help="cpu or cuda: which rows run (the others are listed with a reason)."),
+    quick: bool = typer.Option(False, "--quick", help="Short timing budget and a small media folder (CI)."),
+    e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="Also run the end-to-end pipeline and the seed baseline."),
+    rows: str = typer.Option(None, help="Comma-separated row names or keys to run (see --list-rows); default all."),
+    time_budget: float = typer.Option(None, "--time-budget", help="Timed seconds per row and batch size."),
+    min_reps: int = typer.Option(None, help="Minimum timed calls per row and batch size (3 for base)."),
+    warmup: int = typer.Option(None, help="Untimed warm-up calls before timing."),
+    cache_dir: Path = typer.Option(None, help="Where to build artefacts (reused between runs); default OUT/artefacts."),
+    threads: int = typer.Option(None, help="Intra-op threads of every backend; default: physical cores."),
+    compile_: bool = typer.Option(False, "--compile", help="Add the torch.compile rows (slow to compile)."),
+    fidelity_clips: int = typer.Option(4, help="Clips compared against PyTorch fp32."),
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Run each row in a fresh process."),
+    e2e_row: str = typer.Option(None, help="Matrix row the pipeline runs on; default ort-fp32 on CPU."),
+    e2e_batch: int = typer.Option(None, help="Pipeline batch size; default the smallest (CPU) / largest (GPU)."),
+    workers: int = typer.Option(2, help="Preprocessing threads of the pipeline."),
+    list_rows: bool = typer.Option(False, "--list-rows", help="Print the capability table for this machine, exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Measure latency, throughput, memory and fidelity per backend, and the pipeline against the seed's."""
+    setup_logging(verbose=verbose)
+    if list_rows:
+        _list_rows(device, compile_)
+        return
+    if out is None:
+        raise UsageError("--out is required: the folder that receives the report and the artefacts")
+    from mmdet_deploy.benchmarks.report import TARGET_COLUMNS, markdown_table, target_rows
+    from mmdet_deploy.benchmarks.suite import BenchSettings, run_benchmark
+
+    settings = BenchSettings(
+        out=out, weights=weights, config=config, head=head, device=device, batch_sizes=parse_batch_sizes(batch_sizes),
+        quick=quick, e2e=e2e, rows=tuple(r.strip() for r in rows.split(",")) if rows else None,
+        time_budget_s=time_budget, min_reps=min_reps, warmup=warmup, cache_dir=cache_dir, threads=threads,
+        compile=compile_, fidelity_clips=fidelity_clips, isolate=isolate, e2e_row=e2e_row, e2e_batch=e2e_batch,
+        workers=workers,
+    )  # fmt: skip
+    report = run_benchmark(settings, progress=lambda msg: typer.echo(msg, err=True))
+    typer.echo("\n".join(markdown_table(TARGET_COLUMNS, target_rows(report["targets"]))))
+    for row in report["rows"]:
+        figures = ", ".join(
+            f"b{bs}: {f['p50_ms_per_clip']:.4g} ms/clip" for bs, f in row["batches"].items() if f.get("status") == "ok"
+        )
+        typer.echo(f"{row['key']:28s} {row['status'][:70]:70s} {figures}")
+    typer.echo(f"report: {report['paths']['md']} (and report.json, report.png)")
+    if not any(row["status"] == "ok" for row in report["rows"]):
+        typer.echo(f"error: no row could run on --device {device}; see the statuses above", err=True)
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
