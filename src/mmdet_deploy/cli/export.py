@@ -21,6 +21,7 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "mmdet_deploy.cli.model_cmds",
     "mmdet_deploy.cli.build_cmds",
+    "mmdet_deploy.cli.int8_cmds",
 )
 
 for _name in COMMAND_MODULES:
