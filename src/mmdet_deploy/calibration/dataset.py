@@ -30,6 +30,7 @@ import numpy as np
 
 from mmdet_deploy.contract import CLIP_INPUTS, ModelContract
 from mmdet_deploy.errors import ContractError, MMDetError, UsageError
+from mmdet_deploy.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +83,6 @@ class ClipEntry:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

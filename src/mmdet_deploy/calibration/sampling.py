@@ -29,11 +29,11 @@ from mmdet_deploy.calibration.dataset import (
     CalibrationClip,
     CalibrationSet,
     CalibrationSetError,
-    sha256_file,
     write_calibration_set,
 )
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.errors import MediaError, UsageError
+from mmdet_deploy.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
 

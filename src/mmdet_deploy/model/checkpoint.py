@@ -8,7 +8,6 @@ unexpected and mis-shaped keys by name. Nothing is ever loaded partially.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from mmdet_deploy.errors import CheckpointError, StateDictMismatchError, UnsafeCheckpointError, UsageError
+from mmdet_deploy.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +46,6 @@ class CheckpointInfo:
     num_tensors: int
     demo: bool
     demo_config: str | None = None
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def normalize_key(key: str) -> str:

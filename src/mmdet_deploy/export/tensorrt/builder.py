@@ -24,7 +24,8 @@ from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ContractError, ExportError, UsageError
 from mmdet_deploy.export.tensorrt import compat
-from mmdet_deploy.export.tensorrt.sidecar import EngineSidecar, sha256_file, write_sidecar
+from mmdet_deploy.export.tensorrt.sidecar import EngineSidecar, write_sidecar
+from mmdet_deploy.fileio import sha256_file
 from mmdet_deploy.runtime.cuda_memory import GpuInfo, select_device
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ Standard library only (plus the contract), so the runtime can read sidecars with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from collections.abc import Mapping
@@ -77,14 +76,6 @@ def sidecar_path(engine: str | Path) -> Path:
     """``FILE.engine`` -> ``FILE.engine.json``."""
     engine = Path(engine)
     return engine.with_name(engine.name + SIDECAR_SUFFIX)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_sidecar(engine: str | Path, sidecar: EngineSidecar) -> Path:
