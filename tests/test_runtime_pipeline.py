@@ -65,7 +65,10 @@ def test_scores_equal_the_reference_and_batches_mix_files(folder: Path, tmp_path
     rows: list[ResultRow] = []
     summary = run_inference(items, pre, backend, batch_size=4, workers=2, on_row=rows.append)
     assert [r.filename for r in rows] == [i.name for i in items]  # input order
-    assert summary.counts["ok"] == 7 and summary.windows == 9 and summary.batches == 3  # 9 clips, batches of 4
+    assert summary.counts["ok"] == 7 and summary.windows == 9
+    # 9 clips in batches of at most 4: 3 when the workers keep ahead; more when inference found the queue short
+    # (it runs a partial batch rather than wait), which depends on the machine's load
+    assert 3 <= summary.batches < 9
     for item, row in zip(items, rows, strict=True):
         expected = float(np.mean(reference_prob(pre(item.path).clips)))  # video: mean over windows
         assert row.prob_fake == pytest.approx(expected, abs=1e-5)
