@@ -206,3 +206,14 @@ def test_refusals(toy, safe, tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="no 'mmdet_deploy.contract'"):
         quantize_onnx(tmp_path / "bare.onnx", calib, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_memory_bounded_calibration_wraps_and_restores_ort() -> None:
+    from onnxruntime.quantization import calibrate
+
+    from mmdet_deploy.calibration.quantize import memory_bounded_calibration
+
+    original = calibrate.CalibraterBase.create_inference_session
+    with memory_bounded_calibration():
+        assert calibrate.CalibraterBase.create_inference_session is not original
+    assert calibrate.CalibraterBase.create_inference_session is original

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -146,6 +147,37 @@ def _prepare(model: Any, workdir: Path) -> Path:
     return prepared
 
 
+@contextlib.contextmanager
+def memory_bounded_calibration() -> Iterator[None]:
+    """Run ORT's calibration session with priority-based execution order, for the duration of the block.
+
+    ORT's calibrator adds a ReduceMin/ReduceMax branch to every calibrated tensor and runs the augmented graph
+    in the default topological order, which schedules those branches late and keeps their (large) inputs
+    alive: on the base model one clip peaked at 13.5 GB RSS (the plain model: 1.6 GB) and quantising was
+    killed on a 24 GB machine. With ``ExecutionOrder.PRIORITY_BASED`` two clips peaked at 3.0 GB and ran
+    2.4x faster (measured here). ORT offers no option for this, so its session factory is wrapped, and
+    restored on exit.
+    """
+    import onnxruntime as ort
+    from onnxruntime.quantization import calibrate
+
+    original = calibrate.CalibraterBase.create_inference_session
+
+    def create_inference_session(self: Any) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as ORT does
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        self.infer_session = ort.InferenceSession(
+            self.augmented_model_path, sess_options=options, providers=self.execution_providers
+        )
+
+    calibrate.CalibraterBase.create_inference_session = create_inference_session
+    try:
+        yield
+    finally:
+        calibrate.CalibraterBase.create_inference_session = original
+
+
 def _quantize_ort(src: Path, dst: Path, calib: CalibrationSet, method: str, nodes: list[str] | None,
                   conv_requant: bool) -> None:
     require("onnxruntime", "INT8 quantisation")
@@ -166,20 +198,21 @@ def _quantize_ort(src: Path, dst: Path, calib: CalibrationSet, method: str, node
         op_types = list(ALL_OP_TYPES)
     method_enum = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                    "percentile": CalibrationMethod.Percentile}[method]
-    quantize_static(
-        str(src),
-        str(dst),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=op_types,
-        nodes_to_quantize=nodes,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=method_enum,
-        calibration_providers=["CPUExecutionProvider"],
-        extra_options=extra,
-    )
+    with memory_bounded_calibration():
+        quantize_static(
+            str(src),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=op_types,
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method_enum,
+            calibration_providers=["CPUExecutionProvider"],
+            extra_options=extra,
+        )
 
 
 def _quantize_modelopt(src: Path, dst: Path, calib: CalibrationSet, method: str, nodes: list[str] | None) -> None:
