@@ -36,3 +36,5 @@ def test_measured_peak_is_positive() -> None:
 
     peak = measure_peak_tflops("cpu", "float32", size=256, policy=TimingPolicy(1, 3, 0.0))
     assert peak["tflops"] > 0 and peak["size"] == 256 and peak["dtype"] == "float32"
+    assert set(peak["by_method"]) == {"torch.mm", "onnxruntime MatMul"}
+    assert peak["tflops"] == max(peak["by_method"].values())

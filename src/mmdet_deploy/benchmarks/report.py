@@ -101,6 +101,13 @@ def target_rows(targets: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def _shared_note(start_load: float | None, cores: int | None) -> str:
+    """A warning when other work was already loading the machine as the benchmark started."""
+    if start_load is None or not cores or start_load <= cores / 2:
+        return ""
+    return f" (load {start_load:.2f} at start on {cores} cores: other work shared the machine; timings are pessimistic)"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: machine, model, targets, model matrix, end-to-end and method notes."""
     m, model, method = report["machine"], report["model"], report["method"]
@@ -120,7 +127,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "- Measured peak (same run): "
         + "; ".join(f"{k} {p['tflops']:.3g} TFLOP/s" for k, p in report["peaks"].items()),
         f"- Started {report['started']}, took {report['duration_s']:.0f} s; 1-min load average at start / end: "
-        f"{_fmt(load.get('start'))} / {_fmt(load.get('end'))} (above the core count: the machine was shared)",
+        f"{_fmt(load.get('start'))} / {_fmt(load.get('end'))}{_shared_note(load.get('start'), m['logical_cores'])}",
         "",
         "## Targets",
         "",
