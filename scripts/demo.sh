@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled default: demo weights -> ONNX (with parity proof) -> mmdet-run on samples/.
-# Usage: bash scripts/demo.sh            (base model, about 3-5 minutes on 2 CPU cores)
+# Usage: bash scripts/demo.sh            (base model, about 2.5 minutes on 2 CPU cores)
 #        CONFIG=tiny bash scripts/demo.sh (the tiny test configuration, under a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
