@@ -20,16 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from mmdet_deploy import parity
 from mmdet_deploy.contract import LOGITS, PROB_FAKE, ModelContract
 from mmdet_deploy.errors import BackendError, UsageError
 
 
 def softmax_fake(logits: np.ndarray) -> np.ndarray:
-    """Probability of class 1 (fake) from (B, 2) logits, computed stably in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e[:, 1] / e.sum(axis=1)).astype(np.float32)
+    """Probability of class 1 (fake) from (B, 2) logits as float32 (computed in float64 by :mod:`parity`)."""
+    return parity.softmax_fake(logits).astype(np.float32)
 
 
 class Backend(ABC):
