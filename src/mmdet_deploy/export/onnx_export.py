@@ -1,7 +1,8 @@
 """Checkpoint -> ONNX with the embedded contract, a TensorRT compatibility report and proven parity.
 
 Steps (each a small function): load and prepare the model -> trace with the dynamo exporter (fallback:
-TorchScript exporter) -> clean (drop unused initializers, optional onnxslim) -> embed the contract ->
+TorchScript exporter) -> clean (drop unused initializers, optional onnxslim, exact fusion-friendly
+rewrites from ``graph_passes``) -> embed the contract ->
 ``onnx.checker`` -> write atomically -> TensorRT report -> parity vs PyTorch on ONNX Runtime (CPU).
 """
 
@@ -20,6 +21,7 @@ from mmdet_deploy import __version__
 from mmdet_deploy.contract import HEADS, LOGITS, METADATA_KEY, OUTPUT_NAMES, PRESETS, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ExportError, UsageError
+from mmdet_deploy.export.graph_passes import gelu_for_fusion
 from mmdet_deploy.export.trt_support import format_report, trt_compatibility, write_report
 
 log = logging.getLogger(__name__)
@@ -280,6 +282,9 @@ def export_onnx(
         log.info("dropped %d unused initializers", removed)
     if simplify:
         proto = _simplify(proto, notes)
+    fused = gelu_for_fusion(proto)
+    if fused:
+        notes.append(f"gelu: {fused} erf-GELU subgraphs put in the operand order ONNX Runtime fuses")
     contract = contract.replace(
         exporter=used, opset=real_opset, extra={**contract.extra, "exporter_fallback_reason": reason}
     )
