@@ -130,8 +130,11 @@ def test_int8_benchmark_reports_both_models_on_the_same_inputs(tiny_features: Pa
     calib = synthetic_set(tmp_path / "set", contract, sources=16, holdout=0.25)
     int8 = quantize_onnx(tiny_features, calib.root, tmp_path / "m.int8.onnx").path
     policy = TimingPolicy(warmup=0, min_reps=2, time_budget_s=0.0)
-    result = int8_benchmark(tiny_features, int8, calib.root, threads=1, policy=policy, rounds=1)
+    result = int8_benchmark(tiny_features, int8, calib.root, threads=1, policy=policy, rounds=1, profile_runs=1)
     assert result["fp32_latency_ms"]["reps"] == 2 and result["int8_latency_ms"]["reps"] == 2
+    fp32_cats, int8_cats = (result["profile"][k]["categories"] for k in ("fp32", "int8"))
+    assert fp32_cats["int8 GEMM/conv"]["ms"] == 0 and fp32_cats["Q/DQ"]["ms"] == 0
+    assert int8_cats["int8 GEMM/conv"]["ms"] > 0 and int8_cats["attention MatMul (float)"]["ms"] > 0
     assert result["speedup"] == pytest.approx(result["fp32_latency_ms"]["p50_ms"] / result["int8_latency_ms"]["p50_ms"])
     assert result["int8_size_bytes"] == int8.stat().st_size and result["demo_weights"] is True
     assert result["gate"]["clips"] == 4 and result["gate"]["cosine_on"] == "features"

@@ -36,11 +36,14 @@ def int8_benchmark(
     policy: TimingPolicy | None = None,
     rounds: int = 2,
     split: str = HOLDOUT,
+    profile_runs: int = 0,
 ) -> dict[str, Any]:
     """Latency of both models on one clip, and the gate's figures over ``split``; a JSON-ready dict.
 
     ``rounds``: alternating fp32/INT8 timing rounds (each under ``policy``); the reported latency pools the
-    samples of all rounds. ``speedup`` is fp32 median / INT8 median.
+    samples of all rounds. ``speedup`` is fp32 median / INT8 median. ``profile_runs`` > 0 adds ONNX Runtime's
+    kernel-time breakdown of both models on the same clip (:mod:`mmdet_deploy.benchmarks.profile`), after
+    the timing, so that profiling overhead never enters the latency figures.
     """
     onnx = require("onnx", "the INT8 benchmark")
     from mmdet_deploy.calibration.quantize import read_contract
@@ -67,6 +70,12 @@ def int8_benchmark(
     contract = read_contract(onnx.load(str(fp32_path), load_external_data=False), str(fp32_path))
     gate = compare(run_split(sessions["fp32"], calib, split, names), run_split(sessions["int8"], calib, split, names),
                    contract.threshold, DEFAULT_MIN_AGREEMENT, cosine_on)
+    profiles = None
+    if profile_runs > 0:
+        from mmdet_deploy.benchmarks.profile import profile_onnx
+
+        profiles = {name: profile_onnx(path, feeds, threads=threads, runs=profile_runs)
+                    for name, path in (("fp32", fp32_path), ("int8", int8_path))}
     return {
         "fp32_model": str(fp32_path),
         "int8_model": str(int8_path),
@@ -82,6 +91,7 @@ def int8_benchmark(
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": sys.version.split()[0]},
         "onnxruntime": require("onnxruntime").__version__,
+        "profile": profiles,
     }
 
 
@@ -95,12 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--min-reps", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=10.0)
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                        help="also profile both models over RUNS calls (ONNX Runtime kernel time per category)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     policy = TimingPolicy(warmup=1, min_reps=args.min_reps, time_budget_s=args.budget_s)
-    result = int8_benchmark(args.fp32, args.int8, args.calib, threads=args.threads, policy=policy, rounds=args.rounds)
+    result = int8_benchmark(args.fp32, args.int8, args.calib, threads=args.threads, policy=policy, rounds=args.rounds,
+                            profile_runs=args.profile)
     text = json.dumps(result, indent=2, sort_keys=True)
     print(text)
+    if result["profile"]:
+        from mmdet_deploy.benchmarks.profile import format_profiles
+
+        print(format_profiles(result["profile"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
