@@ -106,6 +106,39 @@ def test_artefacts_are_cached_between_runs(setup: tuple[Path, Path, BuildContext
     assert ArtefactStore(ctx, {}).get("engine-fp16").error is not None  # no builder: an error, not a crash
 
 
+def test_cached_artefacts_are_rebuilt_when_the_building_code_changes(
+    setup: tuple[Path, Path, BuildContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmdet_deploy.benchmarks import artefacts
+
+    _, _, ctx = setup
+    assert ArtefactStore(ctx, FAKE_BUILDERS).get("onnx-fp32").cached is False
+    assert ArtefactStore(ctx, FAKE_BUILDERS).get("onnx-fp32").cached is True
+    monkeypatch.setattr(artefacts, "builder_fingerprint", lambda: "another exporter")
+    rebuilt = ArtefactStore(ctx, FAKE_BUILDERS).get("onnx-fp32")
+    assert rebuilt.cached is False and rebuilt.path is not None
+    assert ArtefactStore(ctx, FAKE_BUILDERS).get("onnx-fp32").cached is True  # the new build is reused
+
+
+def test_code_fingerprint_changes_with_the_code_and_the_libraries(tmp_path: Path) -> None:
+    from mmdet_deploy.benchmarks.artefacts import code_fingerprint
+
+    (tmp_path / "export").mkdir()
+    module = tmp_path / "export" / "onnx_export.py"
+    module.write_text("GELU = 'torch order'\n")
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "other.py").write_text("x = 1\n")
+    first = code_fingerprint(tmp_path, ("export",), ("numpy",))
+    assert first == code_fingerprint(tmp_path, ("export",), ("numpy",))
+    (tmp_path / "runtime" / "other.py").write_text("x = 2\n")  # not a builder package: no effect
+    assert code_fingerprint(tmp_path, ("export",), ("numpy",)) == first
+    module.write_text("GELU = 'fusible order'\n")
+    second = code_fingerprint(tmp_path, ("export",), ("numpy",))
+    assert second != first
+    assert code_fingerprint(tmp_path, ("export",), ("numpy", "onnxruntime")) != second  # a library joins
+    assert code_fingerprint(tmp_path, ("export",), ("numpy", "no-such-dist")) == second  # absent: ignored
+
+
 def test_fidelity_figures() -> None:
     ref = {"logits": [[0.0, 1.0], [0.0, -1.0], [0.0, 0.1], [0.0, 2.0]], "prob_fake": [0.73, 0.27, 0.52, 0.88]}
     out = {"logits": [[0.0, 1.1], [0.0, -1.0], [0.0, -0.1], [0.0, 2.0]], "prob_fake": [0.75, 0.27, 0.48, 0.88]}

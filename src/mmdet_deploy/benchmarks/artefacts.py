@@ -3,17 +3,21 @@
 Each artefact kind of :data:`~.capabilities.ARTEFACT_KINDS` has one builder; a kind is built at most once
 per run, after the artefact it is built from, and only when a runnable row needs it. Files are named by
 model configuration, head and the checkpoint's sha256, with a ``.build.json`` sidecar holding the build
-time, so a second run with the same ``--cache-dir`` reuses them (the report says ``cached``).
+time, the source's sha256 and the builder fingerprint (the code that builds artefacts and the versions of
+the libraries it uses), so a second run with the same ``--cache-dir`` reuses them (the report says
+``cached``) until the source, the exporter or a library changes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,35 @@ Builder = Callable[[BuildContext, Path, Path], None]
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+#: Subpackages whose code decides what a built artefact contains.
+_BUILDER_PACKAGES = ("model", "export", "calibration")
+_BUILDER_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+
+
+@functools.lru_cache(maxsize=1)
+def builder_fingerprint() -> str:
+    """sha256 over the source of the artefact-building code and the versions of the libraries it uses.
+
+    A cached artefact built by other code (an exporter change, a new onnxruntime) is rebuilt, not reused.
+    """
+    return code_fingerprint(Path(__file__).resolve().parent.parent, _BUILDER_PACKAGES, _BUILDER_LIBRARIES)
+
+
+def code_fingerprint(root: Path, packages: tuple[str, ...], libraries: tuple[str, ...]) -> str:
+    """sha256 over every ``*.py`` under ``root/<package>`` (path and bytes) and the installed ``libraries``."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    for name in libraries:
+        try:
+            digest.update(f"{name}=={metadata.version(name)}".encode())
+        except metadata.PackageNotFoundError:
+            continue
+    return digest.hexdigest()
 
 
 def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -200,9 +233,10 @@ class ArtefactStore:
         sidecar = dst.with_name(dst.name + ".build.json")
         if dst.is_file() and sidecar.is_file():
             meta = json.loads(sidecar.read_text())
-            if meta.get("source_sha256") == _file_sha256(source.path):
+            if meta.get("source_sha256") == _file_sha256(source.path) and meta.get("builder") == builder_fingerprint():
                 log.info("reusing %s (%s)", dst, kind)
                 return Artefact(kind, dst, build_s=meta.get("build_s"), cached=True)
+            log.info("rebuilding %s: its source or the building code changed since it was built", dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
         log.info("building %s -> %s", kind, dst)
         t0 = time.perf_counter()
@@ -214,5 +248,6 @@ class ArtefactStore:
             log.exception("building %s failed", kind)
             return Artefact(kind, None, error=f"{type(exc).__name__}: {exc}")
         build_s = time.perf_counter() - t0
-        sidecar.write_text(json.dumps({"kind": kind, "build_s": build_s, "source_sha256": _file_sha256(source.path)}))
+        sidecar.write_text(json.dumps({"kind": kind, "build_s": build_s, "source_sha256": _file_sha256(source.path),
+                                       "builder": builder_fingerprint()}))
         return Artefact(kind, dst, build_s=build_s)
