@@ -16,6 +16,7 @@ from mmdet_deploy.benchmarks.profile import CATEGORIES, categorise, format_profi
         ("MatMul", [[1, 1960, 768], [768, 3072]], "float GEMM/conv"),  # a linear layer: 2-D weight
         ("FusedMatMul", [[1, 12, 1960, 64], [1, 12, 1960, 64]], "attention MatMul (float)"),
         ("MatMul", [[1, 12, 1960, 1960], [1, 12, 1960, 64]], "attention MatMul (float)"),
+        ("MatMul", [[120, 197, 64], [120, 64, 197]], "attention MatMul (float)"),
         ("Conv", [[10, 64, 56, 56], [64, 64, 3, 3]], "float GEMM/conv"),
         ("Softmax", [[1, 12, 1960, 1960]], "softmax"),
         ("InstanceNormalization", [[10, 32, 25088]], "normalisation"),

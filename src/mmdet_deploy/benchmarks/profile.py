@@ -38,12 +38,14 @@ CATEGORIES = (
 
 
 def categorise(op_type: str, input_shapes: list[list[int]]) -> str:
-    """The category of one kernel; a float MatMul of two batched (rank >= 3) tensors is attention."""
+    """The category of one kernel; a float MatMul of two batched (rank >= 3) tensors is attention.
+
+    A linear layer's weight is 2-D; q.k^T and attn.v multiply two batched activations.
+    """
     if op_type in INT8_KERNELS:
         return "int8 GEMM/conv"
     if op_type in ("MatMul", "FusedMatMul") and len(input_shapes) >= 2 and all(len(s) >= 3 for s in input_shapes[:2]):
-        # a linear layer's weight is 2-D; q.k^T and attn.v multiply two activations of rank 4
-        return "attention MatMul (float)" if all(len(s) >= 4 for s in input_shapes[:2]) else "float GEMM/conv"
+        return "attention MatMul (float)"
     if op_type in FLOAT_KERNELS:
         return "float GEMM/conv"
     if op_type == "Softmax":
