@@ -35,8 +35,17 @@ class Backend(ABC):
 
     #: Registry name (``onnxruntime``, ``tensorrt``, ``torch``).
     name: str = ""
+    #: The options a backend accepts, with their defaults; None accepts any option without defaults.
+    default_options: Mapping[str, Any] | None = None
 
     def __init__(self, model_path: str | Path, device: str = "cpu", **options: Any) -> None:
+        if self.default_options is not None:
+            unknown = sorted(set(options) - set(self.default_options))
+            if unknown:
+                raise UsageError(
+                    f"{self.name} backend: unknown options {unknown}; known: {sorted(self.default_options)}"
+                )
+            options = {**self.default_options, **options}
         self.model_path = Path(model_path)
         self.device = device
         self.options = dict(options)

@@ -51,12 +51,10 @@ class TensorRTBackend(Backend):
     """Run a serialized TensorRT engine on one CUDA device (``device="cuda"`` or ``"cuda:N"``)."""
 
     name = "tensorrt"
+    default_options = DEFAULT_OPTIONS
 
     def __init__(self, model_path: str | Path, device: str = "cuda", **options: Any) -> None:
-        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-        if unknown:
-            raise UsageError(f"tensorrt backend: unknown options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
-        super().__init__(model_path, device=device, **{**DEFAULT_OPTIONS, **options})
+        super().__init__(model_path, device=device, **options)
         if str(device).lower() == "cpu":
             raise UsageError("the tensorrt backend runs on a CUDA GPU; pass --device cuda (or cuda:N)")
         if self.options["memory"] not in cuda_memory.MEMORY_KINDS:

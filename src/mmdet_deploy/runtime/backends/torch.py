@@ -49,12 +49,10 @@ class TorchBackend(Backend):
     """Run the PyTorch MM-Det model on ``cpu`` or ``cuda[:N]``."""
 
     name = "torch"
+    default_options = DEFAULT_OPTIONS
 
     def __init__(self, model_path: str | Path, device: str = "cpu", **options: Any) -> None:
-        unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-        if unknown:
-            raise UsageError(f"torch backend: unknown options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
-        super().__init__(model_path, device=device, **{**DEFAULT_OPTIONS, **options})
+        super().__init__(model_path, device=device, **options)
         opts = self.options
         if opts["head"] not in HEADS:
             raise UsageError(f"unknown head {opts['head']!r}; choose one of {', '.join(HEADS)}")
