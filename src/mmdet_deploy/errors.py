@@ -6,17 +6,23 @@ The CLI prints ``str(error)`` as one line and exits with ``error.exit_code``; an
 
 from __future__ import annotations
 
+#: Process exit codes, documented in the README (the CLI exits with them; the Python API returns them).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # an error, or (mmdet-run) some files could not be scored
+EXIT_USAGE = 2  # the command line is wrong
+EXIT_PARITY = 3  # an artefact was written but failed its parity / accuracy gate
+
 
 class MMDetError(Exception):
     """Base class of every error caused by input, environment or configuration (not by a bug)."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILURE
 
 
 class UsageError(MMDetError):
     """Contradictory or invalid options; the command line itself is wrong."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class MissingDependencyError(MMDetError):
@@ -46,7 +52,7 @@ class ExportError(MMDetError):
 class ParityError(MMDetError):
     """An artefact's outputs differ from the PyTorch reference by more than the tolerance."""
 
-    exit_code = 3
+    exit_code = EXIT_PARITY
 
 
 class BackendError(MMDetError):

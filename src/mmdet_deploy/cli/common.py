@@ -10,15 +10,11 @@ from typing import Any, TypeVar
 
 import typer
 
-from mmdet_deploy.errors import MMDetError
+from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, EXIT_PARITY, EXIT_USAGE, MMDetError
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "setup_logging", "user_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Exit codes, documented in the README.
-EXIT_OK = 0
-EXIT_FAILURE = 1  # an error, or (mmdet-run) some files could not be scored
-EXIT_USAGE = 2  # the command line is wrong
-EXIT_PARITY = 3  # an artefact was written but failed its parity / accuracy gate
 
 
 def user_errors(func: F) -> F:

@@ -18,7 +18,6 @@ order on every run.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -31,18 +30,18 @@ import numpy as np
 from mmdet_deploy.errors import MMDetError, UsageError
 from mmdet_deploy.runtime.backends.base import Backend
 from mmdet_deploy.runtime.media import MediaItem
+from mmdet_deploy.runtime.prepare import prepare_file, scored_row, skipped_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
-from mmdet_deploy.runtime.results import ERROR, NO_FACE, OK, SKIPPED, STATUSES, ResultRow, ResultsWriter
-
-logger = logging.getLogger(__name__)
+from mmdet_deploy.runtime.results import SKIPPED, STATUSES, ResultRow, ResultsWriter
 
 #: Stages whose busy time is reported (seconds summed over threads; worker stages can overlap each other).
 STAGES = ("decode", "face_detection", "preprocess", "inference", "writing", "waiting")
 
 
 @dataclass
-class RunSummary:
-    """What a run did. ``stage_s`` sums busy seconds per stage over all threads; ``wall_s`` is elapsed time.
+class PipelineStats:
+    """What :func:`run_inference` did. ``stage_s`` sums busy seconds per stage over all threads; ``wall_s``
+    is elapsed time.
 
     ``decode``, ``face_detection`` and ``preprocess`` run in workers (in parallel), ``inference`` and
     ``writing`` in the calling thread, ``waiting`` is the calling thread blocked with nothing to infer.
@@ -80,16 +79,12 @@ class RunSummary:
         }
 
 
-#: What a worker hands back: the prepared file or the reason it failed, and the seconds it took.
-_Outcome = tuple[PreparedFile | None, str | None, float]
-
-
 @dataclass
 class _Slot:
     """One file between submission and its row: its preprocessing future, then its window scores."""
 
     item: MediaItem
-    future: Future[_Outcome] | None = None
+    future: Future[PreparedFile | ResultRow] | None = None
     prepared: PreparedFile | None = None
     row: ResultRow | None = None
     probs: list[float] = field(default_factory=list)
@@ -107,20 +102,6 @@ class _Slot:
         return self.prepared is not None and len(self.probs) == self.prepared.windows
 
 
-def _prepare(preprocessor: Preprocessor, item: MediaItem) -> _Outcome:
-    """Worker body: a prepared file or the one-line reason it failed (a bad file never stops the run), and
-    the seconds it took."""
-    t0 = time.perf_counter()
-    try:
-        return preprocessor(item.path, item.kind), None, time.perf_counter() - t0
-    except MMDetError as exc:
-        return None, getattr(exc, "reason", None) or str(exc), time.perf_counter() - t0
-    except Exception as exc:  # a library choking on a malformed file must not abort thousands of others
-        logger.warning("unexpected failure on %s", item.path, exc_info=True)
-        reason = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        return None, reason, time.perf_counter() - t0
-
-
 def run_inference(
     items: Iterable[MediaItem],
     preprocessor: Preprocessor,
@@ -132,8 +113,8 @@ def run_inference(
     prefetch: int | None = None,
     threshold: float | None = None,
     on_row: Callable[[ResultRow], None] | None = None,
-) -> RunSummary:
-    """Score ``items`` and return a :class:`RunSummary`; each finished row goes to ``writer`` and ``on_row``.
+) -> PipelineStats:
+    """Score ``items`` and return a :class:`PipelineStats`; each finished row goes to ``writer`` and ``on_row``.
 
     ``batch_size`` is the number of clips (windows) per inference call, mixed across files; ``workers`` the
     preprocessing threads; ``prefetch`` the most files in flight (default ``max(2 * workers, batch_size +
@@ -185,7 +166,7 @@ class _Run:
         self.threshold = threshold
         self.on_row = on_row
         self.input_names = input_names
-        self.summary = RunSummary()
+        self.summary = PipelineStats()
         self.slots: deque[_Slot] = deque()
 
     def loop(self, source: Iterable[MediaItem], pool: ThreadPoolExecutor, prefetch: int) -> None:
@@ -208,10 +189,9 @@ class _Run:
             return False
         for item in source:
             if not item.is_media:
-                reason = f"not an image or video ({item.path.suffix or 'no extension'})"
-                self.slots.append(_Slot(item, row=ResultRow(item.name, status=SKIPPED, reason=reason, kind="other")))
+                self.slots.append(_Slot(item, row=skipped_row(item)))
                 continue
-            self.slots.append(_Slot(item, future=pool.submit(_prepare, self.preprocessor, item)))
+            self.slots.append(_Slot(item, future=pool.submit(prepare_file, self.preprocessor, item)))
             in_flight += 1
             if in_flight >= prefetch:
                 return False
@@ -223,12 +203,10 @@ class _Run:
             t0 = time.perf_counter()
             slot.future.result()
             self.summary.stage_s["waiting"] += time.perf_counter() - t0
-        prepared, reason, seconds = slot.future.result()
+        prepared = slot.future.result()
         slot.future = None
-        if prepared is None:
-            slot.row = ResultRow(
-                slot.item.name, status=ERROR, reason=reason or "unknown error", kind=slot.item.kind, seconds=seconds
-            )
+        if isinstance(prepared, ResultRow):  # the file failed: its error row is final
+            slot.row = prepared
             return
         for stage, seconds in prepared.timings.items():
             self.summary.stage_s[stage] = self.summary.stage_s.get(stage, 0.0) + seconds
@@ -292,7 +270,10 @@ class _Run:
     def _emit_ready(self) -> None:
         while self.slots and self.slots[0].complete:
             slot = self.slots.popleft()
-            row = slot.row or self._scored_row(slot)
+            row = slot.row
+            if row is None:
+                assert slot.prepared is not None  # complete and without a row: scored
+                row = scored_row(slot.item, slot.prepared, slot.probs, self.threshold, slot.seconds)
             t0 = time.perf_counter()
             if self.writer is not None:
                 self.writer.write(row)
@@ -300,25 +281,3 @@ class _Run:
             self.summary.counts[row.status] += 1
             if self.on_row is not None:
                 self.on_row(row)
-
-    def _scored_row(self, slot: _Slot) -> ResultRow:
-        prepared = slot.prepared
-        assert prepared is not None
-        # The official pipeline's video score: the mean fake probability over windows.
-        prob = float(np.mean(slot.probs))
-        notes = list(prepared.notes)
-        if prepared.no_face:
-            notes.insert(0, "no face found in any frame: whole frames used")
-        return ResultRow(
-            filename=slot.item.name,
-            label=int(prob >= self.threshold),
-            prob_fake=prob,
-            status=NO_FACE if prepared.no_face else OK,
-            reason="; ".join(notes),
-            kind=prepared.kind,
-            frames=prepared.frames_used,
-            windows=prepared.windows,
-            detector=prepared.detector or "",
-            frames_without_face=prepared.frames_without_face,
-            seconds=slot.seconds,
-        )

@@ -115,9 +115,14 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def backend_class(name: str) -> type[Backend]:
+def check_backend_name(name: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is a registered backend (imports nothing)."""
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def backend_class(name: str) -> type[Backend]:
+    check_backend_name(name)
     module_name, _, cls_name = BACKENDS[name].partition(":")
     return getattr(importlib.import_module(module_name), cls_name)
 

@@ -1,8 +1,7 @@
-"""Progress bar (files/s, counts by status) and the end-of-run summary, on stderr so stdout stays clean."""
+"""``mmdet-run``'s progress bar (files/s, counts by status) and end-of-run summary, on stderr so stdout stays
+clean. The runtime reports to it through :class:`~mmdet_deploy.runtime.run.ProgressHook`."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -15,14 +14,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mmdet_deploy.runtime.pipeline import STAGES, RunSummary
+from mmdet_deploy.runtime.pipeline import STAGES
 from mmdet_deploy.runtime.results import ERROR, NO_FACE, OK, SKIPPED, ResultRow
+from mmdet_deploy.runtime.run import RunSummary
 
 
 class RunProgress:
-    """A rich progress bar advanced once per finished file; a no-op when ``enabled`` is False."""
+    """A rich progress bar advanced once per finished file; a no-op when ``enabled`` is False.
 
-    def __init__(self, total: int, enabled: bool = True, console: Console | None = None) -> None:
+    A :class:`~mmdet_deploy.runtime.run.ProgressHook`: :func:`~mmdet_deploy.runtime.run.run_folder` calls
+    :meth:`start` with the number of files to do, :meth:`advance` per file and :meth:`stop`.
+    """
+
+    def __init__(self, total: int = 0, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
         self.counts = {OK: 0, NO_FACE: 0, ERROR: 0, SKIPPED: 0}
         self._progress = Progress(
@@ -39,11 +43,11 @@ class RunProgress:
         )
         self._task = self._progress.add_task("scoring", total=total, rate="", counts="")
 
-    def __enter__(self) -> RunProgress:
+    def start(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
         self._progress.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._progress.stop()
 
     def advance(self, row: ResultRow) -> None:
@@ -57,8 +61,9 @@ class RunProgress:
         self._progress.update(self._task, advance=1, rate=rate, counts=f"ok {self.counts[OK]}{failed}")
 
 
-def format_summary(summary: RunSummary, out: Path, failed_total: int, previous: int) -> str:
+def format_summary(run: RunSummary) -> str:
     """Human-readable end-of-run report: counts by status, throughput, where the time went."""
+    summary, out, failed_total, previous = run.stats, run.out_dir, run.failed, run.previous_rows
     counts = ", ".join(f"{status} {summary.counts[status]}" for status in (OK, NO_FACE, ERROR, SKIPPED))
     lines = [
         f"{summary.files} files in {summary.wall_s:.1f} s ({counts}); {summary.files_per_s:.2f} media files/s, "
@@ -73,5 +78,5 @@ def format_summary(summary: RunSummary, out: Path, failed_total: int, previous: 
     return "\n".join(lines)
 
 
-def print_summary(summary: RunSummary, out: Path, failed_total: int, previous: int) -> None:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(format_summary(summary, out, failed_total, previous))
+def print_summary(run: RunSummary) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(format_summary(run))
