@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mmdet_deploy.runtime.cuda_memory import CudaMemory, GpuInfo, HostDeviceBuffer
+from mmdet_deploy.tensorrt.cuda_memory import CudaMemory, HostDeviceBuffer
+from mmdet_deploy.tensorrt.gpu import GpuInfo
 
 
 class _Sentinel:

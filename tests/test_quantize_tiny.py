@@ -123,8 +123,8 @@ def test_gate_falls_back_to_logits_without_a_features_output(tiny_onnx: Path, tm
 
 
 def test_int8_benchmark_reports_both_models_on_the_same_inputs(tiny_features: Path, tmp_path: Path) -> None:
+    from mmdet_deploy.benchmarks.int8 import int8_benchmark
     from mmdet_deploy.benchmarks.timing import TimingPolicy
-    from mmdet_deploy.calibration.benchmark import int8_benchmark
 
     contract = read_contract(onnx.load(str(tiny_features)), "fp32")
     calib = synthetic_set(tmp_path / "set", contract, sources=16, holdout=0.25)

@@ -13,7 +13,7 @@ from PIL import Image
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.runtime.backends.base import Backend
 from mmdet_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from mmdet_deploy.runtime.media import discover
+from mmdet_deploy.runtime.discovery import discover
 from mmdet_deploy.runtime.pipeline import STAGES, run_inference
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.results import ResultRow, ResultsWriter, load_results

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.errors import ContractError, MediaError, UsageError
-from mmdet_deploy.runtime import preprocess, transforms
+from mmdet_deploy.runtime import frame_sampling, preprocess
 from mmdet_deploy.runtime.decode import VideoReader
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.recons import ReconstructionSource
@@ -101,7 +101,7 @@ def test_faces_preset_crops_the_face_of_a_real_photo(tmp_path: Path) -> None:
     finder = preprocess.FaceFinder(["haar"])
     box, _ = finder.crop_box(astronaut())
     assert box is not None
-    np.testing.assert_array_equal(frames[0], transforms.resize_square(transforms.crop(astronaut(), box), 224))
+    np.testing.assert_array_equal(frames[0], frame_sampling.resize_square(frame_sampling.crop(astronaut(), box), 224))
 
 
 def test_faces_preset_video_with_a_face(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_image_becomes_ten_identical_frames(tmp_path: Path, preset: str) -> None
     assert item.clips.shape == (1, 10, 3, 224, 224)
     assert np.all(item.originals == item.originals[0, 0])
     assert tuple(item.originals[0, 0, 100, 100]) == (200, 30, 30)
-    np.testing.assert_array_equal(item.clips, transforms.normalise(item.originals, CONTRACT.mean, CONTRACT.std))
+    np.testing.assert_array_equal(item.clips, frame_sampling.normalise(item.originals, CONTRACT.mean, CONTRACT.std))
 
 
 def test_window_inputs_are_slices_of_the_clips(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.errors import UsageError
 from mmdet_deploy.runtime import RunConfig, RunSummary, run_folder
-from mmdet_deploy.runtime.media import discover
+from mmdet_deploy.runtime.discovery import discover
 from mmdet_deploy.runtime.prepare import prepare_file, scored_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.results import ResultRow, load_results

@@ -87,7 +87,7 @@ except ImportError:
 else:
     raise SystemExit("the torch blocker does not work")
 import mmdet_deploy.runtime
-from mmdet_deploy.runtime import media, decode, faces, preprocess, pipeline, results, run, sink, prepare
+from mmdet_deploy.runtime import discovery, decode, faces, preprocess, pipeline, results, run, sink, prepare
 from mmdet_deploy.cli import progress
 from mmdet_deploy.runtime.backends import onnxruntime
 from mmdet_deploy.cli.run import main

@@ -80,8 +80,8 @@ def test_read_labels(tmp_path: Path) -> None:
 
 def test_store_threshold_in_onnx_and_engine_sidecar(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
-    from mmdet_deploy.export.tensorrt.sidecar import EngineSidecar, read_sidecar, write_sidecar
     from mmdet_deploy.runtime.backends import create_backend
+    from mmdet_deploy.tensorrt.sidecar import EngineSidecar, read_sidecar, write_sidecar
     from runtime_fixtures import build_synthetic_model
 
     model = build_synthetic_model(tmp_path / "m.onnx", ModelContract(config="tiny", frames=2, image_size=16))

@@ -16,10 +16,10 @@ import pytest
 from fake_tensorrt import engine_description, make_contract_onnx, make_fake_tensorrt
 from mmdet_deploy.errors import BackendError, ContractError, ExportError, MissingDependencyError, UsageError
 from mmdet_deploy.export.tensorrt import builder as builder_mod
-from mmdet_deploy.export.tensorrt import compat
 from mmdet_deploy.export.tensorrt.builder import BuildOptions, build_engine
-from mmdet_deploy.export.tensorrt.sidecar import read_sidecar
-from mmdet_deploy.runtime.cuda_memory import GpuInfo
+from mmdet_deploy.tensorrt import compat
+from mmdet_deploy.tensorrt.gpu import GpuInfo
+from mmdet_deploy.tensorrt.sidecar import read_sidecar
 
 H200 = GpuInfo(index=0, name="NVIDIA H200", compute_capability=(9, 0))
 

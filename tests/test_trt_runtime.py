@@ -19,7 +19,11 @@ from fake_tensorrt import FakeMemory, fake_engine_logits, make_contract_onnx, ma
 from mmdet_deploy.errors import ContractError, EngineMismatchError, UsageError
 from mmdet_deploy.export.tensorrt import builder as builder_mod
 from mmdet_deploy.export.tensorrt.builder import BuildOptions, build_engine
-from mmdet_deploy.export.tensorrt.sidecar import (
+from mmdet_deploy.runtime.backends import create_backend
+from mmdet_deploy.runtime.backends.base import softmax_fake
+from mmdet_deploy.tensorrt import cuda_memory, gpu
+from mmdet_deploy.tensorrt.gpu import GpuInfo
+from mmdet_deploy.tensorrt.sidecar import (
     EngineSidecar,
     check_compatible,
     read_sidecar,
@@ -27,10 +31,6 @@ from mmdet_deploy.export.tensorrt.sidecar import (
     sidecar_path,
     write_sidecar,
 )
-from mmdet_deploy.runtime import cuda_memory
-from mmdet_deploy.runtime.backends import create_backend
-from mmdet_deploy.runtime.backends.base import softmax_fake
-from mmdet_deploy.runtime.cuda_memory import GpuInfo
 
 H200 = GpuInfo(index=0, name="NVIDIA H200", compute_capability=(9, 0))
 ORIGINAL_MAKE_MEMORY = cuda_memory.make_memory
@@ -213,9 +213,9 @@ def test_backend_without_tensorrt(monkeypatch, tmp_path) -> None:
 
 
 def test_parse_device() -> None:
-    assert [cuda_memory.parse_device(d) for d in ("cuda", "cuda:2", "1", 3)] == [0, 2, 1, 3]
+    assert [gpu.parse_device(d) for d in ("cuda", "cuda:2", "1", 3)] == [0, 2, 1, 3]
     with pytest.raises(UsageError):
-        cuda_memory.parse_device("cpu")
+        gpu.parse_device("cpu")
 
 
 def test_importing_the_backend_stays_lean() -> None:

@@ -158,7 +158,7 @@ def build_onnx_int8(ctx: BuildContext, src: Path, dst: Path) -> None:
                         original=clip, recons=clip)
         for i, clip in enumerate(clips)
     ]  # fmt: skip
-    provenance = {"source": "mmdet-bench synthetic face clips (benchmarks/media.py)", "clips": len(entries)}
+    provenance = {"source": "mmdet-bench synthetic face clips (benchmarks/synthetic_media.py)", "clips": len(entries)}
     write_calibration_set(
         calib_dir, entries, contract=contract, seed=0, holdout=0.0, min_clips=1, provenance=provenance, overwrite=True
     )

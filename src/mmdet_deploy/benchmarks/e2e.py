@@ -71,7 +71,7 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run ``mmdet-run``'s pipeline over ``files`` on the backend of matrix ``record``; figures in seconds."""
     from mmdet_deploy.runtime.backends import create_backend
-    from mmdet_deploy.runtime.media import MediaItem, media_kind
+    from mmdet_deploy.runtime.discovery import MediaItem, media_kind
     from mmdet_deploy.runtime.pipeline import run_inference
     from mmdet_deploy.runtime.preprocess import Preprocessor
     from mmdet_deploy.runtime.results import ResultsWriter

@@ -23,8 +23,8 @@ from mmdet_deploy.benchmarks.capabilities import Environment, probe_environment,
 from mmdet_deploy.benchmarks.flops import flops_per_clip, measure_peak_tflops
 from mmdet_deploy.benchmarks.machine import load_average, machine_info
 from mmdet_deploy.benchmarks.matrix import MatrixSettings, backend_options, first_line, run_matrix
-from mmdet_deploy.benchmarks.media import MediaSpec, generate_media, media_summary, sample_clips
 from mmdet_deploy.benchmarks.report import write_report
+from mmdet_deploy.benchmarks.synthetic_media import MediaSpec, generate_media, media_summary, sample_clips
 from mmdet_deploy.benchmarks.targets import add_compute_figures, evaluate_targets
 from mmdet_deploy.benchmarks.timing import TimingPolicy, as_dict
 from mmdet_deploy.benchmarks.worker import BackendFactory
@@ -161,7 +161,7 @@ def _notes(s: BenchSettings, policy: TimingPolicy) -> list[str]:
         f">= {policy.time_budget_s} s timed (cap {policy.max_reps}); time.perf_counter_ns around each call, after a "
         "device synchronise on CUDA; p50/p95 by linear interpolation between closest ranks (NumPy 'linear').",
         "Latency per clip = batch latency / batch size; clips/s = batch size / p50 batch latency.",
-        "Inputs: deterministic synthetic face clips (benchmarks/media.py), original = recons as in the seed; "
+        "Inputs: deterministic synthetic face clips (benchmarks/synthetic_media.py), original = recons as in the seed; "
         f"fidelity on the first {s.fidelity_clips} clips against PyTorch eager fp32 on the same device; "
         "decision = p(fake) >= 0.5.",
         "Memory: each row in a fresh worker process; peak RSS = VmHWM of that process (interpreter "

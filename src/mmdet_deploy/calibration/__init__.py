@@ -10,5 +10,4 @@ Modules (heavy libraries are imported inside functions, never here):
 * :mod:`~mmdet_deploy.calibration.thresholds`: ROC/AUC in numpy, threshold for a target false-positive rate
 * :mod:`~mmdet_deploy.calibration.scoring`: score a labelled folder with any backend, store the threshold
 * :mod:`~mmdet_deploy.calibration.trt_calibrator`: TensorRT 10 entropy calibrator fed from a calibration set
-* :mod:`~mmdet_deploy.calibration.benchmark`: fp32 vs INT8 latency and agreement on the same inputs
 """

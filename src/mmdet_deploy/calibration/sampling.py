@@ -1,6 +1,6 @@
 """Sample a calibration set from real media with the runtime's own preprocessing (``mmdet-export calibrate-set``).
 
-Files are discovered with :func:`mmdet_deploy.runtime.media.discover` and turned into clips by
+Files are discovered with :func:`mmdet_deploy.runtime.discovery.discover` and turned into clips by
 :class:`mmdet_deploy.runtime.preprocess.Preprocessor`, the code ``mmdet-run`` uses, so the calibration
 sees exactly what the deployed model sees. Sampling is deterministic for a seed:
 
@@ -64,7 +64,7 @@ def sample_calibration_set(
     to the :class:`~mmdet_deploy.runtime.preprocess.Preprocessor`. Raises :class:`CalibrationSetError` when
     fewer than ``min_clips`` clips can be made.
     """
-    from mmdet_deploy.runtime.media import discover
+    from mmdet_deploy.runtime.discovery import discover
     from mmdet_deploy.runtime.preprocess import Preprocessor
 
     if clips < 1 or min_clips < 1:

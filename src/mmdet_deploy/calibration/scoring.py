@@ -92,7 +92,7 @@ def match_labels(items: Sequence[Any], labels: dict[str, int]) -> tuple[list[tup
 def score_labelled(data: str | Path, labels: dict[str, int], backend: Any, preprocessor: Any,
                    batch_size: int = 8, workers: int = 2) -> LabelledScores:
     """Score the labelled media of ``data`` with an opened backend through the runtime pipeline."""
-    from mmdet_deploy.runtime.media import discover
+    from mmdet_deploy.runtime.discovery import discover
     from mmdet_deploy.runtime.pipeline import run_inference
     from mmdet_deploy.runtime.results import SCORED
 
@@ -175,7 +175,7 @@ def store_threshold(artefact: str | Path, threshold: float, source: str) -> Path
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return artefact
-    from mmdet_deploy.export.tensorrt.sidecar import read_sidecar, sidecar_path, write_sidecar
+    from mmdet_deploy.tensorrt.sidecar import read_sidecar, sidecar_path, write_sidecar
 
     if sidecar_path(artefact).is_file():
         sidecar = read_sidecar(artefact)
@@ -196,6 +196,6 @@ def stored_contract(artefact: str | Path) -> ModelContract:
         from mmdet_deploy.calibration.quantize import read_contract
 
         return read_contract(onnx.load(str(artefact), load_external_data=False), str(artefact))
-    from mmdet_deploy.export.tensorrt.sidecar import read_sidecar
+    from mmdet_deploy.tensorrt.sidecar import read_sidecar
 
     return read_sidecar(artefact).model_contract(str(artefact))

@@ -1,6 +1,8 @@
 """``mmdet-bench``: PyTorch vs ONNX Runtime vs TensorRT, model-level and end-to-end, in one report.
 
-A thin layer over :func:`mmdet_deploy.benchmarks.suite.run_benchmark`.
+``mmdet-bench --out DIR ...`` is a thin layer over :func:`mmdet_deploy.benchmarks.suite.run_benchmark`;
+``mmdet-bench int8 --fp32 M.onnx --int8 M.int8.onnx --calib DIR`` over
+:func:`mmdet_deploy.benchmarks.int8.int8_benchmark`.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def _list_rows(device: str, compile_: bool) -> None:
         typer.echo(f"{row.key:28s} {row.label:42s} {availability(row, env, device).status}")
 
 
-@app.command()
+@app.callback(invoke_without_command=True)
 @user_errors
 def bench(
+    ctx: typer.Context,
     out: Path = typer.Option(None, "--out", help="Folder for report.md/json/png, artefacts and work files."),
     weights: Path = typer.Option(None, help="Checkpoint to benchmark; default: seeded demo weights of --config."),
     config: str = typer.Option("base", help="Model configuration: base (the real model) or tiny (tests, CI)."),
@@ -68,6 +71,12 @@ def bench(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Measure latency, throughput, memory and fidelity per backend, and the pipeline against the seed's."""
+    if ctx.invoked_subcommand is not None:
+        # By name: Typer ships its own copy of click, so click's ParameterSource enum is another class.
+        given = [name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") != "DEFAULT"]
+        if given:
+            raise UsageError(f"options {given} belong to the main benchmark, not to '{ctx.invoked_subcommand}'")
+        return
     setup_logging(verbose=verbose)
     if list_rows:
         _list_rows(device, compile_)
@@ -95,6 +104,42 @@ def bench(
     if not any(row["status"] == "ok" for row in report["rows"]):
         typer.echo(f"error: no row could run on --device {device}; see the statuses above", err=True)
         raise typer.Exit(1)
+
+
+@app.command("int8")
+@user_errors
+def int8(
+    fp32: Path = typer.Option(..., "--fp32", help="The fp32 ONNX model."),
+    int8_model: Path = typer.Option(..., "--int8", help="Its INT8 (Q/DQ) ONNX model."),
+    calib: Path = typer.Option(..., "--calib", help="Calibration set folder; its held-out split is compared."),
+    threads: int = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads of both models."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Alternating fp32/INT8 timing rounds."),
+    min_reps: int = typer.Option(3, "--min-reps", min=1, help="Minimum timed calls per model and round."),
+    budget_s: float = typer.Option(10.0, "--budget-s", min=0.0, help="Timed seconds per model and round."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="RUNS",
+                                help="Also profile both models over RUNS calls (kernel time per category)."),
+    out: Path = typer.Option(None, "--out", help="Also write the JSON here."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """ONNX Runtime fp32 vs INT8 on the same inputs: latency per clip, agreement, cosine, file size (JSON)."""
+    import json
+
+    from mmdet_deploy.benchmarks.int8 import int8_benchmark
+    from mmdet_deploy.benchmarks.timing import TimingPolicy
+
+    setup_logging(verbose=verbose)
+    policy = TimingPolicy(warmup=1, min_reps=min_reps, time_budget_s=budget_s)
+    result = int8_benchmark(fp32, int8_model, calib, threads=threads, policy=policy, rounds=rounds,
+                            profile_runs=profile)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    typer.echo(text)
+    if result["profile"]:
+        from mmdet_deploy.benchmarks.profile import format_profiles
+
+        typer.echo(format_profiles(result["profile"]))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
 
 
 def main() -> None:

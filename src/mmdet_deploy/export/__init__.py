@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmdet_deploy.export.onnx_export import FEATURES, ExportResult, artefact_paths, example_inputs, export_onnx
-from mmdet_deploy.export.trt_support import TRT10_SUPPORTED_OPS, format_report, trt_compatibility
+from mmdet_deploy.export.trt_op_report import TRT10_SUPPORTED_OPS, format_report, trt_compatibility
 
 __all__ = [
     "FEATURES",

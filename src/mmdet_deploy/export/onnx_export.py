@@ -22,7 +22,7 @@ from mmdet_deploy.contract import HEADS, LOGITS, METADATA_KEY, OUTPUT_NAMES, PRE
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ExportError, UsageError
 from mmdet_deploy.export.graph_passes import gelu_for_fusion
-from mmdet_deploy.export.trt_support import format_report, trt_compatibility, write_report
+from mmdet_deploy.export.trt_op_report import format_report, trt_compatibility, write_report
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from mmdet_deploy.errors import MMDetError, UsageError
 from mmdet_deploy.runtime.backends.base import Backend
-from mmdet_deploy.runtime.media import MediaItem
+from mmdet_deploy.runtime.discovery import MediaItem
 from mmdet_deploy.runtime.prepare import prepare_file, scored_row, skipped_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.results import SKIPPED, STATUSES, ResultRow, ResultsWriter

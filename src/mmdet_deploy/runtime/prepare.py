@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mmdet_deploy.errors import MMDetError
-from mmdet_deploy.runtime.media import MediaItem
+from mmdet_deploy.runtime.discovery import MediaItem
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.results import ERROR, NO_FACE, OK, SKIPPED, ResultRow
 

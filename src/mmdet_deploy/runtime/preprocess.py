@@ -35,10 +35,10 @@ import numpy as np
 
 from mmdet_deploy.contract import PRESETS, ModelContract
 from mmdet_deploy.errors import ContractError, MediaError, UsageError
-from mmdet_deploy.runtime import transforms
+from mmdet_deploy.runtime import frame_sampling
 from mmdet_deploy.runtime.decode import DEFAULT_MAX_PIXELS, load_image, open_video, resolve_decoder
+from mmdet_deploy.runtime.discovery import IMAGE, VIDEO, media_kind
 from mmdet_deploy.runtime.faces import FaceFinder
-from mmdet_deploy.runtime.media import IMAGE, VIDEO, media_kind
 from mmdet_deploy.runtime.recons import IdentityReconstruction, ReconstructionSource
 
 #: The seed samples within the first 10 seconds of a video.
@@ -90,20 +90,20 @@ class PreparedFile:
 
     @cached_property
     def clips(self) -> np.ndarray:
-        return transforms.normalise(self.originals, self.mean, self.std)
+        return frame_sampling.normalise(self.originals, self.mean, self.std)
 
     @cached_property
     def recons(self) -> np.ndarray:
         if self.reconstructions is self.originals:
             return self.clips
-        return transforms.normalise(self.reconstructions, self.mean, self.std)
+        return frame_sampling.normalise(self.reconstructions, self.mean, self.std)
 
     def window_inputs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Normalised ``(original, recons)`` of windows ``start:stop`` only (keeps memory to one batch)."""
-        original = transforms.normalise(self.originals[start:stop], self.mean, self.std)
+        original = frame_sampling.normalise(self.originals[start:stop], self.mean, self.std)
         if self.reconstructions is self.originals:
             return original, original
-        return original, transforms.normalise(self.reconstructions[start:stop], self.mean, self.std)
+        return original, frame_sampling.normalise(self.reconstructions[start:stop], self.mean, self.std)
 
 
 class Preprocessor:
@@ -181,8 +181,8 @@ class Preprocessor:
         recon = self.reconstruction.reconstruct(frame)
         if self.faces is None:
             t0 = time.perf_counter()
-            out = transforms.center_crop(frame, self.size)
-            out_r = out if recon is frame else transforms.center_crop(recon, self.size)
+            out = frame_sampling.center_crop(frame, self.size)
+            out_r = out if recon is frame else frame_sampling.center_crop(recon, self.size)
             item.timings["preprocess"] += time.perf_counter() - t0
             return out, out_r
         t0 = time.perf_counter()
@@ -191,15 +191,15 @@ class Preprocessor:
         item.timings["face_detection"] += t1 - t0
         if box is None:
             item.frames_without_face += 1
-            out = transforms.resize_square(frame, self.size)
-            out_r = out if recon is frame else transforms.resize_square(recon, self.size)
+            out = frame_sampling.resize_square(frame, self.size)
+            out_r = out if recon is frame else frame_sampling.resize_square(recon, self.size)
         else:
             if item.detector is None:
                 item.detector = detector
             elif detector not in item.detector.split("+"):
                 item.detector += f"+{detector}"
-            out = transforms.resize_square(transforms.crop(frame, box), self.size)
-            out_r = out if recon is frame else transforms.resize_square(transforms.crop(recon, box), self.size)
+            out = frame_sampling.resize_square(frame_sampling.crop(frame, box), self.size)
+            out_r = out if recon is frame else frame_sampling.resize_square(frame_sampling.crop(recon, box), self.size)
         item.timings["preprocess"] += time.perf_counter() - t1
         return out, out_r
 
@@ -242,12 +242,12 @@ class Preprocessor:
             fps = reader.fps or FALLBACK_FPS
             limit = max(1, int(fps * self.max_seconds))  # the seed's int(fps * 10)
             guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
-            wanted = set(transforms.sample_indices(guess, self.frames))
+            wanted = set(frame_sampling.sample_indices(guess, self.frames))
             scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
         count = scan.decoded
         if count == 0:
             raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
-        indices = transforms.sample_indices(count, self.frames)
+        indices = frame_sampling.sample_indices(count, self.frames)
         if not set(indices) <= frames.keys():
             # The container's frame count was wrong (or decoding stopped early): now that the true count is
             # known, decode again and keep the exact frames of the seed's sampling over that count.
@@ -300,7 +300,7 @@ class Preprocessor:
                 f"longer than the safety cap of {cap} windows ({cap * self.frames} frames held in memory): "
                 "only those were scored; pass --max-windows to choose the number"
             )
-        windows = transforms.window_indices(count, self.frames, cap)
+        windows = frame_sampling.window_indices(count, self.frames, cap)
         if not windows:
             raise MediaError(
                 str(path), f"only {count} decodable frames; the frames preset needs at least {self.frames} (one window)"

@@ -28,8 +28,8 @@ from mmdet_deploy.contract import PRESETS, ModelContract
 from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from mmdet_deploy.runtime.backends.base import Backend, check_backend_name, create_backend
 from mmdet_deploy.runtime.decode import DECODERS
+from mmdet_deploy.runtime.discovery import discover
 from mmdet_deploy.runtime.faces import DETECT_MAX_SIDE
-from mmdet_deploy.runtime.media import discover
 from mmdet_deploy.runtime.pipeline import PipelineStats, run_inference
 from mmdet_deploy.runtime.preprocess import Preprocessor
 from mmdet_deploy.runtime.results import ResultRow

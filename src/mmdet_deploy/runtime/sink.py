@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmdet_deploy.runtime.media import MediaItem
+from mmdet_deploy.runtime.discovery import MediaItem
 from mmdet_deploy.runtime.results import (
     ERROR,
     MANIFEST_NAME,

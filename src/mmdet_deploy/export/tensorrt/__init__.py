@@ -1,17 +1,10 @@
-"""TensorRT engines: build (:mod:`.builder`), version differences (:mod:`.compat`), sidecars (:mod:`.sidecar`).
+"""TensorRT engine builds (:mod:`.builder`): ONNX -> ``model.engine`` + its sidecar.
 
-Importing this package never imports ``tensorrt``, ``onnx`` or CUDA; they load when a build starts.
+Version differences, sidecars and GPU selection are shared with the runtime and live in the neutral
+:mod:`mmdet_deploy.tensorrt` package. Importing this package never imports ``tensorrt``, ``onnx`` or CUDA;
+they load when a build starts.
 """
 
 from mmdet_deploy.export.tensorrt.builder import BuildOptions, BuildResult, build_engine
-from mmdet_deploy.export.tensorrt.sidecar import EngineSidecar, check_compatible, read_sidecar, sidecar_path
 
-__all__ = [
-    "BuildOptions",
-    "BuildResult",
-    "EngineSidecar",
-    "build_engine",
-    "check_compatible",
-    "read_sidecar",
-    "sidecar_path",
-]
+__all__ = ["BuildOptions", "BuildResult", "build_engine"]

@@ -23,10 +23,10 @@ from typing import Any
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ContractError, ExportError, UsageError
-from mmdet_deploy.export.tensorrt import compat
-from mmdet_deploy.export.tensorrt.sidecar import EngineSidecar, write_sidecar
 from mmdet_deploy.fileio import sha256_file
-from mmdet_deploy.runtime.cuda_memory import GpuInfo, select_device
+from mmdet_deploy.tensorrt import compat
+from mmdet_deploy.tensorrt.gpu import GpuInfo, select_device
+from mmdet_deploy.tensorrt.sidecar import EngineSidecar, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,9 @@ import numpy as np
 
 from mmdet_deploy.contract import LOGITS
 from mmdet_deploy.errors import BackendError, ContractError, UsageError
-from mmdet_deploy.export.tensorrt import compat
-from mmdet_deploy.export.tensorrt.sidecar import EngineSidecar, check_compatible, read_sidecar
-from mmdet_deploy.runtime import cuda_memory
 from mmdet_deploy.runtime.backends.base import Backend
+from mmdet_deploy.tensorrt import compat, cuda_memory, gpu
+from mmdet_deploy.tensorrt.sidecar import EngineSidecar, check_compatible, read_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +75,12 @@ class TensorRTBackend(Backend):
         self._current_batch: int | None = None
         self._graph: Any = None
         self._graph_failed = False
-        self._gpu: cuda_memory.GpuInfo | None = None
+        self._gpu: gpu.GpuInfo | None = None
 
     # -- open --------------------------------------------------------------------------------------
     def _open(self) -> None:
         trt = compat.load_tensorrt()
-        index = cuda_memory.parse_device(self.device)
+        index = gpu.parse_device(self.device)
         sidecar = read_sidecar(self.model_path)
         memory = cuda_memory.make_memory(self.options["memory"], index)
         try:

@@ -2,8 +2,8 @@
 
 For the issue's closing figures on the base model (run by hand, minutes on 2 cores)::
 
-    python -m mmdet_deploy.calibration.benchmark --fp32 model.onnx --int8 model.int8.onnx \\
-        --calib calibration/NAME --threads 2 --out bench/int8.json
+    mmdet-bench int8 --fp32 model.onnx --int8 model.int8.onnx --calib calibration/NAME --threads 2 \\
+        --out bench/int8.json
 
 Both models are timed with the package's one timing method (:func:`mmdet_deploy.benchmarks.timing.measure`)
 on the same clip (batch 1, the first held-out clip), in one process, alternating fp32 and INT8 rounds so
@@ -13,8 +13,6 @@ held-out split.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -93,36 +91,3 @@ def int8_benchmark(
         "onnxruntime": require("onnxruntime").__version__,
         "profile": profiles,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line of :func:`int8_benchmark`; prints the JSON and writes it to ``--out`` when given."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fp32", required=True, type=Path)
-    parser.add_argument("--int8", required=True, type=Path)
-    parser.add_argument("--calib", required=True, type=Path)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--min-reps", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=10.0)
-    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
-                        help="also profile both models over RUNS calls (ONNX Runtime kernel time per category)")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    policy = TimingPolicy(warmup=1, min_reps=args.min_reps, time_budget_s=args.budget_s)
-    result = int8_benchmark(args.fp32, args.int8, args.calib, threads=args.threads, policy=policy, rounds=args.rounds,
-                            profile_runs=args.profile)
-    text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
-    if result["profile"]:
-        from mmdet_deploy.benchmarks.profile import format_profiles
-
-        print(format_profiles(result["profile"]))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("skimage")
 pytest.importorskip("av")
 
-from mmdet_deploy.benchmarks.media import MediaSpec, generate_media, media_summary, sample_clips
+from mmdet_deploy.benchmarks.synthetic_media import MediaSpec, generate_media, media_summary, sample_clips
 
 HAAR = Path(getattr(getattr(cv2, "data", None), "haarcascades", "")) / "haarcascade_frontalface_default.xml"
 SPEC = MediaSpec(videos=1, images=2, seconds=1.0, fps=10, seed=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmdet_deploy.errors import UsageError
-from mmdet_deploy.runtime.media import IMAGE, OTHER, VIDEO, discover, media_kind
+from mmdet_deploy.runtime.discovery import IMAGE, OTHER, VIDEO, discover, media_kind
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
