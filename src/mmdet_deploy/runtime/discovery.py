@@ -76,7 +76,15 @@ def discover(input_path: str | os.PathLike[str], exclude: Sequence[str | os.Path
 
 
 def safe_name(name: str) -> str:
-    """``name`` with line breaks escaped: a file name may contain them, a ``results.csv`` row may not."""
+    """``name`` with line breaks escaped: a file name may contain them, a ``results.csv`` row may not.
+
+    Bytes that are not UTF-8 (Python keeps them as lone surrogates) become ``\\xNN``: UTF-8 files cannot
+    hold them, and writing one used to abort the run.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return name.replace("\n", "\\n").replace("\r", "\\r")
 
 

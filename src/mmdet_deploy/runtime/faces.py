@@ -44,13 +44,16 @@ HAAR_FILE = "haarcascade_frontalface_default.xml"
 
 @dataclass(frozen=True)
 class FaceBox:
-    """A detected face in pixel coordinates of the image it was found in (x1, y1 exclusive)."""
+    """A detected face in pixel coordinates of the image it was found in (x1, y1 exclusive).
+
+    ``score`` is the detector's confidence in [0, 1], None for detectors that give none (Haar, dlib HOG).
+    """
 
     x0: float
     y0: float
     x1: float
     y1: float
-    score: float = 1.0
+    score: float | None = None
 
     @property
     def area(self) -> float:

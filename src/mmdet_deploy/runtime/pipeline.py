@@ -113,12 +113,15 @@ def run_inference(
     prefetch: int | None = None,
     threshold: float | None = None,
     on_row: Callable[[ResultRow], None] | None = None,
+    on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None,
 ) -> PipelineStats:
     """Score ``items`` and return a :class:`PipelineStats`; each finished row goes to ``writer`` and ``on_row``.
 
     ``batch_size`` is the number of clips (windows) per inference call, mixed across files; ``workers`` the
     preprocessing threads; ``prefetch`` the most files in flight (default ``max(2 * workers, batch_size +
     workers)``, enough to fill a batch of one-clip files). ``threshold`` defaults to the contract's.
+    ``on_file(row, prepared, window_probs)`` runs before each row is written (``prepared`` None for errors
+    and skipped files): what a file's row refers to (faces.csv, crops) is on disk before the row is.
     Backend errors abort the run (rows already written stay on disk); file errors become ``error`` rows.
     """
     if batch_size < 1 or workers < 1:
@@ -134,6 +137,7 @@ def run_inference(
         batch_size = min(batch_size, backend.max_batch)
     prefetch = prefetch or max(2 * workers, batch_size + workers)
     run = _Run(preprocessor, backend, writer, batch_size, float(threshold), on_row, contract.input_names)
+    run.on_file = on_file
     run.summary.workers, run.summary.batch_size = workers, batch_size
     start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmdet-prep")
@@ -168,6 +172,7 @@ class _Run:
         self.input_names = input_names
         self.summary = PipelineStats()
         self.slots: deque[_Slot] = deque()
+        self.on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None
 
     def loop(self, source: Iterable[MediaItem], pool: ThreadPoolExecutor, prefetch: int) -> None:
         source = iter(source)
@@ -275,6 +280,8 @@ class _Run:
                 assert slot.prepared is not None  # complete and without a row: scored
                 row = scored_row(slot.item, slot.prepared, slot.probs, self.threshold, slot.seconds)
             t0 = time.perf_counter()
+            if self.on_file is not None:
+                self.on_file(row, slot.prepared, slot.probs)
             if self.writer is not None:
                 self.writer.write(row)
             self.summary.stage_s["writing"] += time.perf_counter() - t0

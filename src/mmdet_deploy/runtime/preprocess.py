@@ -38,8 +38,9 @@ from mmdet_deploy.errors import ContractError, MediaError, UsageError
 from mmdet_deploy.runtime import frame_sampling
 from mmdet_deploy.runtime.decode import DEFAULT_MAX_PIXELS, load_image, open_video, resolve_decoder
 from mmdet_deploy.runtime.discovery import IMAGE, VIDEO, media_kind
-from mmdet_deploy.runtime.faces import FaceFinder
+from mmdet_deploy.runtime.faces import FaceBox, FaceFinder, expand_box
 from mmdet_deploy.runtime.recons import IdentityReconstruction, ReconstructionSource
+from mmdet_deploy.runtime.thumbnails import shrink
 
 #: The seed samples within the first 10 seconds of a video.
 MAX_SECONDS = 10.0
@@ -47,6 +48,19 @@ MAX_SECONDS = 10.0
 FALLBACK_FPS = 30.0
 #: frames preset without --max-windows: windows scored at most per video (10,000 frames, ~1.5 GB of crops).
 SAFETY_WINDOWS = 1000
+
+
+@dataclass(frozen=True)
+class FrameFace:
+    """faces preset: what the detector chain chose on one sampled frame.
+
+    ``frame`` is the frame index in the video (0 for an image); ``box`` the chosen face in original-frame
+    pixels *before* the margin is added, None (and ``detector`` None) when the frame had no usable face.
+    """
+
+    frame: int
+    detector: str | None
+    box: FaceBox | None
 
 
 @dataclass
@@ -78,6 +92,14 @@ class PreparedFile:
     #: Non-fatal remarks (short video, decoding stopped early...), reported in the ``reason`` column.
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: faces preset: one record per distinct sampled frame, in frame order.
+    faces: list[FrameFace] = field(default_factory=list)
+    #: A small RGB copy of one sampled frame (the first with a face, else the first) when the preprocessor's
+    #: ``preview_side`` is set; ``preview_frame`` is its index and ``frame_size`` the source (width, height).
+    preview: np.ndarray | None = None
+    preview_frame: int | None = None
+    preview_has_face: bool = False
+    frame_size: tuple[int, int] | None = None
 
     @property
     def windows(self) -> int:
@@ -128,6 +150,7 @@ class Preprocessor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_seconds: float = MAX_SECONDS,
         reconstruction: ReconstructionSource | None = None,
+        preview_side: int = 0,
         **detector_options: Any,
     ) -> None:
         if contract.head == "fusion":
@@ -153,6 +176,8 @@ class Preprocessor:
         self.reconstruction = reconstruction or IdentityReconstruction()
         self.frames = contract.frames
         self.size = contract.image_size
+        #: Longer side, in pixels, of :attr:`PreparedFile.preview` (0: no preview is kept).
+        self.preview_side = preview_side
         self.faces: FaceFinder | None = None
         if self.preset == "faces":
             self.faces = FaceFinder(face_detectors, **detector_options)
@@ -176,19 +201,23 @@ class Preprocessor:
         item.timings = {"decode": 0.0, "face_detection": 0.0, "preprocess": 0.0}
         return item
 
-    def _spatial(self, frame: np.ndarray, item: PreparedFile) -> tuple[np.ndarray, np.ndarray]:
-        """Crop / resize one full frame and its reconstruction to (S, S, 3); updates face bookkeeping."""
+    def _spatial(self, frame: np.ndarray, item: PreparedFile, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Crop / resize frame ``index`` and its reconstruction to (S, S, 3); updates face bookkeeping."""
         recon = self.reconstruction.reconstruct(frame)
         if self.faces is None:
             t0 = time.perf_counter()
             out = frame_sampling.center_crop(frame, self.size)
             out_r = out if recon is frame else frame_sampling.center_crop(recon, self.size)
+            self._keep_preview(item, frame, index, False)
             item.timings["preprocess"] += time.perf_counter() - t0
             return out, out_r
         t0 = time.perf_counter()
-        box, detector = self.faces.crop_box(frame)
+        face, detector = self.faces.find(frame)
+        box = None if face is None else expand_box(face, frame.shape[1], frame.shape[0], self.faces.box_scale)
         t1 = time.perf_counter()
         item.timings["face_detection"] += t1 - t0
+        item.faces.append(FrameFace(index, detector, face) if box is not None else FrameFace(index, None, None))
+        self._keep_preview(item, frame, index, box is not None)
         if box is None:
             item.frames_without_face += 1
             out = frame_sampling.resize_square(frame, self.size)
@@ -202,6 +231,14 @@ class Preprocessor:
             out_r = out if recon is frame else frame_sampling.resize_square(frame_sampling.crop(recon, box), self.size)
         item.timings["preprocess"] += time.perf_counter() - t1
         return out, out_r
+
+    def _keep_preview(self, item: PreparedFile, frame: np.ndarray, index: int, has_face: bool) -> None:
+        """Keep a small copy of the first frame, replaced once by the first frame with a face (for reports)."""
+        if not self.preview_side or (item.preview is not None and (not has_face or item.preview_has_face)):
+            return
+        height, width = frame.shape[:2]
+        item.preview = shrink(frame, self.preview_side)
+        item.preview_frame, item.frame_size, item.preview_has_face = index, (width, height), has_face
 
     @staticmethod
     def _finish(item: PreparedFile, crops: list[np.ndarray], recons: list[np.ndarray], shape: tuple[int, ...]) -> None:
@@ -265,7 +302,7 @@ class Preprocessor:
             item.notes.append(f"only {count} frames: sampled frames repeat to fill {self.frames}")
         if item.fps is None:
             item.notes.append(f"frame rate unknown: first {limit} frames sampled ({FALLBACK_FPS:g} fps assumed)")
-        processed = {i: self._spatial(frames[i], item) for i in sorted(set(indices))}
+        processed = {i: self._spatial(frames[i], item, i) for i in sorted(set(indices))}
         t1 = time.perf_counter()
         shape = (1, self.frames, self.size, self.size, 3)
         self._finish(item, [processed[i][0] for i in indices], [processed[i][1] for i in indices], shape)
@@ -278,7 +315,7 @@ class Preprocessor:
         recons: list[np.ndarray] = []
 
         def keep(index: int, frame: np.ndarray) -> None:
-            out, out_r = self._spatial(frame, item)
+            out, out_r = self._spatial(frame, item, index)
             crops.append(out)
             recons.append(out_r)
 
