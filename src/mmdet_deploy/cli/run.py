@@ -37,6 +37,8 @@ HELP = {
     "error_label": "Label written to predictions.csv for files that failed (default: they are left out).",
     "threshold": "Label 1 when prob_fake >= this. Default: the model's contract.",
     "providers": "onnxruntime execution providers in priority order, e.g. tensorrt,cuda,cpu.",
+    "save_crops": "Also write the 224x224 model inputs as crops/<filename>/<frame>.png.",
+    "report": "Also write report.html, a self-contained review page (keeps small JPEG thumbnails in thumbs/).",
 }
 
 
@@ -66,6 +68,8 @@ def run(
     trt_fp16: bool = typer.Option(False, "--trt-fp16", help="onnxruntime TensorRT provider: allow FP16."),
     trt_cache: Path | None = typer.Option(None, "--trt-cache", help="onnxruntime TensorRT provider: engine cache."),
     decoder: str = typer.Option("auto", help="Video decoder: auto (PyAV when installed), pyav or opencv."),
+    save_crops: bool = typer.Option(False, "--save-crops", help=HELP["save_crops"]),
+    report: bool = typer.Option(False, "--report", help=HELP["report"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs."),
 ) -> None:
     """Score every image and video of INPUT; write results.csv and predictions.csv into --out."""
@@ -78,11 +82,13 @@ def run(
         workers=workers, resume=resume, overwrite=overwrite, max_windows=max_windows, face_detectors=face_detectors,
         yunet_model=yunet_model, mediapipe_model=mediapipe_model, detect_size=detect_size, error_label=error_label,
         threshold=threshold, providers=providers, threads=threads, trt_fp16=trt_fp16, trt_cache=trt_cache,
-        decoder=decoder,
+        decoder=decoder, save_crops=save_crops, report=report,
     )
     summary = run_folder(config, progress=RunProgress(enabled=not quiet))
     if not quiet and summary.results_path is not None:
         print_summary(summary)
+    if not quiet and summary.report_path is not None:
+        typer.echo(f"wrote {summary.report_path}", err=True)
     raise typer.Exit(summary.exit_code)
 
 

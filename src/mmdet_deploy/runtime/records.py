@@ -264,7 +264,9 @@ class RunRecorder:
             write_bytes(folder / THUMB_FRAME, encode_jpeg(prepared.preview))
             meta |= {"frame": prepared.preview_frame, "width": prepared.frame_size[0],
                      "height": prepared.frame_size[1]}
-        atomic_write_text(folder / THUMB_META, json.dumps(meta) + "\n")
+        # Last, and renamed into place: meta.json present means the pictures it names are complete. No fsync:
+        # thumbnails are a cache (a lost one costs a picture in the report, never a row).
+        write_bytes(folder / THUMB_META, (json.dumps(meta) + "\n").encode("utf-8"))
 
     def close(self) -> None:
         for table in (self.faces, self.windows):

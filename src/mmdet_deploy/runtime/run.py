@@ -32,6 +32,7 @@ from mmdet_deploy.runtime.discovery import discover
 from mmdet_deploy.runtime.faces import DETECT_MAX_SIDE
 from mmdet_deploy.runtime.pipeline import PipelineStats, run_inference
 from mmdet_deploy.runtime.preprocess import Preprocessor
+from mmdet_deploy.runtime.records import PREVIEW_SIDE, RunRecorder
 from mmdet_deploy.runtime.results import ResultRow
 from mmdet_deploy.runtime.sink import ResultsSink
 
@@ -70,6 +71,8 @@ class RunConfig:
     ``threads``, ``trt_fp16`` and ``trt_cache`` apply to the onnxruntime backend only; ``face_detectors``,
     ``yunet_model`` and ``mediapipe_model`` to the faces preset only. Names lists accept
     ``"a,b"`` or ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the caller's business.
+    ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
+    and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
     """
 
     input_path: Path
@@ -94,6 +97,8 @@ class RunConfig:
     trt_fp16: bool = False
     trt_cache: Path | None = None
     decoder: str = "auto"
+    save_crops: bool = False
+    report: bool = False
 
     def __post_init__(self) -> None:
         # Normalise (frozen: through object.__setattr__) so that equal settings compare equal.
@@ -198,6 +203,7 @@ class RunSummary:
     predictions_path: Path | None = None
     manifest_path: Path | None = None
     summary_path: Path | None = None
+    report_path: Path | None = None
     backend: dict[str, Any] = field(default_factory=dict)
     message: str = ""
 
@@ -233,7 +239,7 @@ def build_preprocessor(config: RunConfig, contract: ModelContract) -> Preprocess
         detector_options = {"detect_max_side": config.detect_size, "yunet_model": config.yunet_model,
                             "mediapipe_model": config.mediapipe_model}
     return Preprocessor(contract, preset, config.face_detectors, config.max_windows, decoder=config.decoder,
-                        **detector_options)
+                        preview_side=PREVIEW_SIDE if config.report else 0, **detector_options)
 
 
 def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Preprocessor,
@@ -246,7 +252,8 @@ def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Prepr
         "frames": contract.frames, "image_size": contract.image_size, "max_windows": config.max_windows,
         "face_detectors": list(preprocessor.faces.names) if preprocessor.faces else [],
         "model": str(config.model.resolve()), "input": str(config.input_path.resolve()),
-        "backend": backend.describe(),
+        "backend": backend.describe(), "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
+        "save_crops": config.save_crops,
     }
 
 
@@ -278,12 +285,18 @@ def run_folder(
                          error_label=config.error_label) as sink:
             sink.start(settings)
             todo = sink.pending(items)
+            # faces.csv, windows.csv, crops/, thumbs/: written for each file just before its row.
+            done = {row.filename for row in sink.rows} if config.resume else None
+            recorder = RunRecorder(config.out, preprocessor.preset, done=done, save_crops=config.save_crops,
+                                   thumbnails=config.report)
             try:
                 hook.start(len(todo))
                 try:
-                    stats = run_inference(todo, preprocessor, backend, writer=sink.writer,
-                                          batch_size=config.batch_size, workers=config.workers,
-                                          threshold=config.threshold, on_row=hook.advance)
+                    with recorder:
+                        stats = run_inference(todo, preprocessor, backend, writer=sink.writer,
+                                              batch_size=config.batch_size, workers=config.workers,
+                                              threshold=config.threshold, on_row=hook.advance,
+                                              on_file=recorder.record)
                 finally:
                     hook.stop()
             finally:
@@ -291,10 +304,16 @@ def run_folder(
                 sink.write_predictions()
             sink.write_summary(stats.to_dict() | {"backend": backend.describe(), "previous_rows": len(sink.previous)})
             failed = sink.failed
+        report_path = None
+        if config.report:
+            from mmdet_deploy.runtime.report import build_report
+
+            report_path = build_report(config.out)
         return RunSummary(
             EXIT_FAILURE if failed else EXIT_OK, config.out, stats, previous_rows=len(sink.previous),
             failed=failed, results_path=sink.results_path, predictions_path=sink.predictions_path,
-            manifest_path=sink.manifest_path, summary_path=sink.summary_path, backend=backend.describe(),
+            manifest_path=sink.manifest_path, summary_path=sink.summary_path, report_path=report_path,
+            backend=backend.describe(),
         )
     finally:
         backend.close()

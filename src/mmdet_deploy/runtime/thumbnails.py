@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-#: Side, in pixels, of one crop in a report's crop strip (the model sees 224).
-CROP_THUMB_SIDE = 64
+#: Side, in pixels, of one crop in a report's crop strip (224 / 4: OpenCV's area resize is fastest at whole factors).
+CROP_THUMB_SIDE = 56
 #: Longer side, in pixels, of the frame thumbnail a report shows with the face box drawn on it.
 FRAME_THUMB_SIDE = 160
 #: JPEG quality of report thumbnails: small enough that 500 rows stay a few MB, sharp enough to judge a face.
