@@ -192,3 +192,38 @@ def test_killed_run_resumes_with_faces_csv_neither_duplicated_nor_lost(model: Pa
     assert all(f["frame"] == "0" and f["x"] for f in faces)
     assert all((out / "thumbs" / name / "meta.json").is_file() for name in names)
     assert (out / "report.html").is_file()
+
+
+def test_records_and_report_need_no_torch(model: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    for name in ("torch", "tensorrt", "onnx"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n", encoding="utf-8")
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(astronaut()).save(root / "face.png")
+    out = tmp_path / "out"
+    script = f"""
+import json, sys
+from mmdet_deploy.cli.run import main
+sys.argv = ["mmdet-run", {str(root)!r}, "--model", {str(model)!r}, "--out", {str(out)!r}, "-q", "--report",
+            "--save-crops"]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+from mmdet_deploy.cli.report import main as report
+sys.argv = ["mmdet-report", {str(out)!r}, "-q"]
+try:
+    report()
+except SystemExit as exc:
+    code = code or exc.code
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt", "onnx"))
+print(json.dumps({{"code": code, "heavy": heavy}}))
+"""
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(blocker), env["PYTHONPATH"]])
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == '{"code": 0, "heavy": []}'
+    assert (out / "report.html").is_file() and (out / "crops" / "face.png" / "0.png").is_file()

@@ -32,7 +32,8 @@ from mmdet_deploy.errors import MMDetError
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--mute-audio", "--remote-debugging-pipe")
+         "--disable-default-apps", "--disable-extensions", "--mute-audio", "--disable-breakpad",
+         "--disable-crash-reporter", "--remote-debugging-pipe")
 
 
 _TRAMPOLINE = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "

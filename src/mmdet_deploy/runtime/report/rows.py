@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from mmdet_deploy.runtime.media import LIST_EXTENSIONS
+from mmdet_deploy.runtime.discovery import LIST_EXTENSIONS
 from mmdet_deploy.runtime.report import svg
 from mmdet_deploy.runtime.report.data import FaceRecord, RunData, Thumbs
 from mmdet_deploy.runtime.results import NO_FACE, ResultRow
 from mmdet_deploy.runtime.thumbnails import CROP_THUMB_SIDE, FRAME_THUMB_SIDE
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-#: The escapes :func:`mmdet_deploy.runtime.media.safe_name` writes for line breaks and non-UTF-8 bytes.
+#: The escapes :func:`mmdet_deploy.runtime.discovery.safe_name` writes for line breaks and non-UTF-8 bytes.
 _NAME_ESCAPE = re.compile(r"\\(n|r|x[89a-fA-F][0-9a-fA-F])")
 
 
