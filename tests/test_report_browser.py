@@ -123,3 +123,31 @@ def test_the_browser_check_catches_errors_and_blank_pages(tmp_path: Path) -> Non
                      '<div id="rows" style="width:400px;height:300px"></div></body></html>', encoding="utf-8")
     check = check_page(blank, width=600, height=400, expressions={"box": BODY_BOX})
     assert check.errors == [] and _variance(check.screenshot, check.values["box"]) < 1.0
+
+
+@pytest.mark.parametrize("kind", ["folder", "single file", "list"])
+def test_links_reach_the_original_for_every_kind_of_input(tmp_path: Path, kind: str) -> None:
+    from urllib.parse import unquote_to_bytes
+
+    from mmdet_deploy.runtime.discovery import discover
+    from mmdet_deploy.runtime.report.rows import original_href
+
+    (tmp_path / "in").mkdir()
+    root = add_hostile_files(tmp_path / "in")  # the names are the hostile ones, raw bytes included
+    files = sorted(p for p in os.listdir(os.fsencode(root)) if p.endswith(b".png"))
+    if kind == "folder":
+        given = root
+    elif kind == "single file":
+        given = Path(os.fsdecode(os.path.join(os.fsencode(root), files[0])))
+    else:
+        given = tmp_path / "list.txt"
+        given.write_text(f"in/{HOSTILE[1]}\n{root / HOSTILE[2]}\n", encoding="utf-8")
+    report_dir = tmp_path / "runs" / "x"
+    report_dir.mkdir(parents=True)
+    items = [item for item in discover(given) if item.is_media]
+    assert items
+    for item in items:
+        href = original_href({"input": str(given.resolve())}, item.name, report_dir)
+        assert href is not None and "<" not in href and '"' not in href and " " not in href
+        target = os.path.normpath(os.path.join(os.fsencode(report_dir), unquote_to_bytes(href)))
+        assert target == os.path.normpath(os.fsencode(item.path)), (item.name, href)
