@@ -134,7 +134,8 @@ class Preprocessor:
     ``preset`` None takes the contract's. ``face_detectors`` None uses every available detector in the
     default order; ``max_windows`` caps the windows of the ``frames`` preset. Keyword options:
     ``decoder`` (auto|pyav|opencv), ``max_pixels`` (image bomb guard), ``max_seconds`` (faces preset
-    sampling span), ``reconstruction`` (a :class:`ReconstructionSource`), and the face detector options of
+    sampling span), ``reconstruction`` (a :class:`ReconstructionSource`), ``preview_side`` (keep a
+    :attr:`PreparedFile.preview` frame this many pixels long; 0: none), and the face detector options of
     :class:`~mmdet_deploy.runtime.faces.FaceFinder` (``detect_max_side``, ``box_scale``, ``yunet_model``,
     ``mediapipe_model``).
     """
