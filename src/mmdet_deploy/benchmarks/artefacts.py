@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mmdet_deploy.benchmarks.capabilities import ARTEFACT_SOURCE
+from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import MMDetError
 
@@ -146,11 +147,11 @@ def build_onnx_int8(ctx: BuildContext, src: Path, dst: Path) -> None:
     format, then :func:`mmdet_deploy.calibration.quantize.quantize_onnx` quantises ``src``. Synthetic
     clips are enough to measure speed; accuracy claims need a calibration set sampled from real media.
     """
-    onnx = require("onnx", "INT8 quantisation")
+    require("onnx", "INT8 quantisation")
     from mmdet_deploy.calibration.dataset import CalibrationClip, write_calibration_set
-    from mmdet_deploy.calibration.quantize import quantize_onnx, read_contract
+    from mmdet_deploy.calibration.quantize import quantize_onnx
 
-    contract = read_contract(onnx.load(str(src), load_external_data=False), str(src))
+    contract = ModelContract.from_onnx(src)
     clips = ctx.calibration_clips()
     calib_dir = dst.with_name(dst.stem + ".calibration")
     entries = [

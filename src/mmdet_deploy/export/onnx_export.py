@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmdet_deploy import __version__
-from mmdet_deploy.contract import HEADS, LOGITS, METADATA_KEY, OUTPUT_NAMES, PRESETS, ModelContract
+from mmdet_deploy.contract import HEADS, LOGITS, OUTPUT_NAMES, PRESETS, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ExportError, UsageError
 from mmdet_deploy.export.graph_passes import gelu_for_fusion
@@ -165,25 +165,6 @@ def remove_unused_initializers(model: Any) -> int:
     return removed
 
 
-def set_contract(model: Any, contract: ModelContract) -> None:
-    """Write the JSON contract (and a readable producer name) into ``metadata_props``."""
-    props = {p.key: p.value for p in model.metadata_props}
-    props[METADATA_KEY] = contract.to_json()
-    props["mmdet_deploy.demo_weights"] = str(contract.demo_weights).lower()
-    del model.metadata_props[:]
-    for key, value in sorted(props.items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.producer_name = "mmdet-deploy"
-    model.producer_version = __version__
-    model.doc_string = (
-        f"MM-Det ({contract.config}, head {contract.head}, {contract.precision}); inputs "
-        f"{', '.join(contract.input_names)} float32 [batch,{contract.frames},3,{contract.image_size},"
-        f"{contract.image_size}] ImageNet-normalised RGB; outputs logits [batch,2] (index 1 = fake), prob_fake"
-        + (" -- DEMO WEIGHTS, predictions are meaningless" if contract.demo_weights else "")
-    )
-
-
 def save_atomic(model: Any, out: Path) -> None:
     """Write to a temporary name in the same folder and rename, so ``out`` is never half-written."""
     onnx = require("onnx")
@@ -288,7 +269,7 @@ def export_onnx(
     contract = contract.replace(
         exporter=used, opset=real_opset, extra={**contract.extra, "exporter_fallback_reason": reason}
     )
-    set_contract(proto, contract)
+    contract.to_onnx(proto)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
@@ -355,7 +336,7 @@ def _to_fp16(proto: Any, contract: ModelContract, out: Path, notes: list[str]) -
         src.unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
     contract = contract.replace(precision="fp16")
-    set_contract(converted, contract)
+    contract.to_onnx(converted)
     notes.append("converted to mixed fp16 (fp32 inputs/outputs; norms, softmax and reductions in fp32)")
     return converted, contract
 

@@ -377,17 +377,16 @@ def _to_fp16_inplace(numpy_helper: Any, tensor: Any) -> int:
 def _copy_metadata(source: Any, converted: Any, stats: Fp16Stats) -> None:
     """Carry every metadata entry over and mark the contract fp16."""
     entries = {p.key: p.value for p in source.metadata_props}
-    if METADATA_KEY in entries:
-        contract = ModelContract.from_json(entries[METADATA_KEY], "source model")
-        extra = dict(contract.extra)
-        extra["fp16_conversion"] = stats.as_dict()
-        entries[METADATA_KEY] = contract.replace(precision="fp16", extra=extra).to_json()
     del converted.metadata_props[:]
     for key, value in entries.items():
         prop = converted.metadata_props.add()
         prop.key, prop.value = key, value
     converted.producer_name = source.producer_name or converted.producer_name
     converted.doc_string = source.doc_string
+    if METADATA_KEY in entries:
+        contract = ModelContract.from_onnx(source, "source model")
+        extra = {**dict(contract.extra), "fp16_conversion": stats.as_dict()}
+        contract.replace(precision="fp16", extra=extra).to_onnx(converted)
 
 
 def _save_checked(onnx: Any, model: Any, dst: Path) -> None:
