@@ -52,7 +52,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: Name of the dynamic batch axis in every tensor spec.
 BATCH = "batch"
 
-CLIP_INPUTS = ("original", "recons")
+#: The two clip inputs every head takes: the frames, and their reconstruction.
+ORIGINAL = "original"
+RECONS = "recons"
+CLIP_INPUTS = (ORIGINAL, RECONS)
 FUSION_INPUTS = ("clip_feature", "mm_tokens")
 LOGITS = "logits"
 PROB_FAKE = "prob_fake"

@@ -20,7 +20,7 @@ from typing import Any
 from mmdet_deploy import __version__
 from mmdet_deploy.contract import HEADS, LOGITS, OUTPUT_NAMES, PRESETS, ModelContract
 from mmdet_deploy.deps import require
-from mmdet_deploy.errors import ExportError, UsageError
+from mmdet_deploy.errors import ExportError, UsageError, one_line
 from mmdet_deploy.export.graph_passes import gelu_for_fusion
 from mmdet_deploy.export.trt_op_report import format_report, trt_compatibility, write_report
 
@@ -130,7 +130,7 @@ def trace_to_onnx(
         except Exception as exc:  # the dynamo exporter raises many types; fall back and say why
             if exporter == "dynamo":
                 raise ExportError(f"the dynamo exporter failed: {type(exc).__name__}: {exc}") from exc
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            reason = f"{type(exc).__name__}: {one_line(exc)}"
             log.warning("dynamo exporter failed (%s); falling back to the TorchScript exporter", reason)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
