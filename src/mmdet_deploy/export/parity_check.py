@@ -75,7 +75,7 @@ def check_parity(
     atol: float | None = None,
 ) -> dict[str, Any]:
     """Compare PyTorch fp32 and ONNX Runtime CPU logits; write ``report_path``; raise if out of tolerance."""
-    from mmdet_deploy.export.onnx_export import example_inputs
+    from mmdet_deploy.export.tracing import example_inputs
 
     ort = require("onnxruntime", "parity checking")
     atol_logit, atol_prob = TOLERANCES[contract.precision]
