@@ -14,11 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fake_tensorrt import make_contract_onnx
+from contract_onnx import make_contract_onnx
 from mmdet_deploy.contract import METADATA_KEY, ModelContract
 from mmdet_deploy.errors import ExportError, MissingDependencyError, UsageError
-from mmdet_deploy.export import precision
-from mmdet_deploy.export.precision import DEFAULT_KEEP_FP32_OPS, convert_fp16, convert_model_fp16, onnx_precision
+from mmdet_deploy.export import fp16_converter
+from mmdet_deploy.export.fp16_converter import DEFAULT_KEEP_FP32_OPS, convert_model_fp16
+from mmdet_deploy.export.precision import convert_fp16, onnx_precision
 
 FP16_LOGIT_ATOL = 5e-2
 FP16_PROB_ATOL = 1e-2
@@ -81,7 +82,7 @@ def run(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    return precision._float_types(onnx, model)
+    return fp16_converter._float_types(onnx, model)
 
 
 def test_conv_norm_model_parity_and_structure(tmp_path: Path) -> None:

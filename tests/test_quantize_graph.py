@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mmdet_deploy.calibration.qdq import enforce_float_consumers, float_rule_violations, parse_ops, select_nodes
-from mmdet_deploy.calibration.quantize import quantize_onnx, read_contract
-from mmdet_deploy.contract import ModelContract
+from mmdet_deploy.calibration.quantize import quantize_onnx
+from mmdet_deploy.contract import ModelContract, read_contract
 from mmdet_deploy.errors import ContractError, UsageError
 from test_calibration_support import build_toy_vit, synthetic_set, toy_contract
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from mmdet_deploy.calibration.gate import report_path, run_gate
-from mmdet_deploy.calibration.quantize import quantize_onnx, read_contract
+from mmdet_deploy.calibration.quantize import quantize_onnx
 from mmdet_deploy.calibration.scoring import store_threshold
+from mmdet_deploy.contract import read_contract
 from test_calibration_support import synthetic_set
 
 onnx = pytest.importorskip("onnx")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fake_tensorrt import engine_description, make_contract_onnx, make_fake_tensorrt
+from contract_onnx import make_contract_onnx
+from fake_tensorrt import engine_description, make_fake_tensorrt
 from mmdet_deploy.errors import BackendError, ContractError, ExportError, MissingDependencyError, UsageError
 from mmdet_deploy.export.tensorrt import builder as builder_mod
 from mmdet_deploy.export.tensorrt.builder import BuildOptions, build_engine

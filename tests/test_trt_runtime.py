@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_tensorrt import FakeMemory, fake_engine_logits, make_contract_onnx, make_fake_tensorrt
+from contract_onnx import make_contract_onnx
+from fake_cuda import FakeMemory
+from fake_tensorrt import fake_engine_logits, make_fake_tensorrt
 from mmdet_deploy.errors import ContractError, EngineMismatchError, UsageError
 from mmdet_deploy.export.tensorrt import builder as builder_mod
 from mmdet_deploy.export.tensorrt.builder import BuildOptions, build_engine

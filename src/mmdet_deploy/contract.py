@@ -2,26 +2,39 @@
 
 This module is the single declaration read by the exporter (to name inputs and embed the contract),
 by every runtime backend (to bind inputs and check the artefact), by calibration and by the tests.
-It imports only the standard library and numpy.
+It imports only the standard library (onnx only inside :meth:`ModelContract.from_onnx`, to read a file).
 
-The contract travels inside every artefact: as ONNX ``metadata_props`` under :data:`METADATA_KEY`,
-and in the JSON sidecar of a TensorRT engine.
+The contract travels inside every artefact, and this module is the one place that reads and writes it
+there: :meth:`ModelContract.to_onnx` / :meth:`ModelContract.from_onnx` (ONNX ``metadata_props`` under
+:data:`METADATA_KEY`, with the demo-weights flag under :data:`DEMO_WEIGHTS_KEY` and the producer and a
+readable ``doc_string`` as provenance) and :meth:`ModelContract.to_sidecar` /
+:meth:`ModelContract.from_sidecar` (the ``contract`` entry of a TensorRT engine's JSON sidecar).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from mmdet_deploy import __version__
 from mmdet_deploy.errors import ContractError
 
 #: Bumped when a field changes meaning; readers refuse a newer major version.
 CONTRACT_VERSION = 1
 #: Key of the JSON contract in ONNX ``metadata_props`` and in engine sidecars.
 METADATA_KEY = "mmdet_deploy.contract"
+#: ONNX ``metadata_props`` entry mirroring ``demo_weights`` ("true"/"false"), visible in any ONNX viewer.
+DEMO_WEIGHTS_KEY = "mmdet_deploy.demo_weights"
+#: Key of the contract inside an engine sidecar (``FILE.engine.json``).
+SIDECAR_CONTRACT_KEY = "contract"
+#: Producer recorded in every ONNX model this package writes.
+PRODUCER = "mmdet-deploy"
+
+_Sidecar = TypeVar("_Sidecar")
 
 FRAMES = 10
 IMAGE_SIZE = 224
@@ -39,7 +52,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: Name of the dynamic batch axis in every tensor spec.
 BATCH = "batch"
 
-CLIP_INPUTS = ("original", "recons")
+#: The two clip inputs every head takes: the frames, and their reconstruction.
+ORIGINAL = "original"
+RECONS = "recons"
+CLIP_INPUTS = (ORIGINAL, RECONS)
 FUSION_INPUTS = ("clip_feature", "mm_tokens")
 LOGITS = "logits"
 PROB_FAKE = "prob_fake"
@@ -190,9 +206,70 @@ class ModelContract:
             )
         return cls.from_json(metadata[METADATA_KEY], source)
 
+    # -- artefacts: the one place that reads and writes the contract inside a model file ----------------
+    @classmethod
+    def from_onnx(cls, model: Any, source: str | None = None) -> ModelContract:
+        """The contract embedded in an ONNX model: an ``onnx.ModelProto``, or the path of an ``.onnx`` file
+        (read without its external weights). :class:`ContractError` when it is missing or invalid."""
+        if isinstance(model, (str, os.PathLike)):
+            from mmdet_deploy.deps import require
+
+            onnx = require("onnx", "reading the contract of an ONNX model")
+            path = os.fspath(model)
+            try:
+                model = onnx.load(path, load_external_data=False)
+            except Exception as exc:  # protobuf DecodeError, OSError...
+                raise ContractError(f"{path}: not a readable ONNX model ({exc})") from exc
+            source = source or path
+        return cls.from_metadata({p.key: p.value for p in model.metadata_props}, source or "ONNX model")
+
+    def to_onnx(self, model: Any) -> Any:
+        """Stamp this contract into an ``onnx.ModelProto`` (in place; returned for chaining).
+
+        Writes the JSON contract, the demo-weights flag, the producer and a readable ``doc_string``; every
+        other ``metadata_props`` entry is kept. Every stage that writes a model (export, fp16, INT8,
+        threshold) calls this, so the flag and the provenance always match the contract.
+        """
+        props = {p.key: p.value for p in model.metadata_props}
+        props[METADATA_KEY] = self.to_json()
+        props[DEMO_WEIGHTS_KEY] = str(bool(self.demo_weights)).lower()
+        del model.metadata_props[:]
+        for key, value in sorted(props.items()):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.producer_name = PRODUCER
+        model.producer_version = __version__
+        model.doc_string = (
+            f"MM-Det ({self.config}, head {self.head}, {self.precision}); inputs {', '.join(self.input_names)} "
+            f"float32 [batch,{self.frames},3,{self.image_size},{self.image_size}] ImageNet-normalised RGB; "
+            "outputs logits [batch,2] (index 1 = fake), prob_fake"
+            + (" -- DEMO WEIGHTS, predictions are meaningless" if self.demo_weights else "")
+        )
+        return model
+
+    @classmethod
+    def from_sidecar(cls, sidecar: Any, source: str = "engine sidecar") -> ModelContract:
+        """The contract recorded in an engine sidecar (an ``EngineSidecar`` or its JSON dict)."""
+        data = sidecar.get(SIDECAR_CONTRACT_KEY) if isinstance(sidecar, Mapping) else getattr(
+            sidecar, SIDECAR_CONTRACT_KEY, None)
+        if data is None:
+            raise ContractError(f"{source}: the engine sidecar records no model contract; rebuild the engine")
+        return cls.from_dict(data, source)
+
+    def to_sidecar(self, sidecar: _Sidecar) -> _Sidecar:
+        """A copy of ``sidecar`` (an ``EngineSidecar`` dataclass or its JSON dict) that carries this contract."""
+        if isinstance(sidecar, Mapping):
+            return {**sidecar, SIDECAR_CONTRACT_KEY: self.to_dict()}  # type: ignore[return-value]
+        return dataclasses.replace(sidecar, **{SIDECAR_CONTRACT_KEY: self.to_dict()})  # type: ignore[type-var]
+
     def replace(self, **changes: Any) -> ModelContract:
         return dataclasses.replace(self, **changes)
 
     def label(self, prob_fake: float) -> int:
         """Decision for one probability of fake under this contract's threshold."""
         return int(prob_fake >= self.threshold)
+
+
+def read_contract(model: Any, source: str | None = None) -> ModelContract:
+    """The contract of an ONNX model or ``.onnx`` path: the functional spelling of :meth:`ModelContract.from_onnx`."""
+    return ModelContract.from_onnx(model, source)

@@ -70,3 +70,17 @@ class MediaError(MMDetError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error message as one line for a results row, a log line or a report: whitespace (newlines
+    included) collapsed, cut to ``limit`` characters (``...`` marks the cut).
+
+    For an :class:`OSError` with a ``strerror`` that text is used, without the path the message repeats
+    (the row or the message around it names the file); an exception without a message gives its type name.
+    """
+    if isinstance(error, BaseException):
+        text = " ".join(str(getattr(error, "strerror", None) or error).split()) or type(error).__name__
+    else:
+        text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

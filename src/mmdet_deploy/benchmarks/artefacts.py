@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from mmdet_deploy.benchmarks.capabilities import ARTEFACT_SOURCE
+from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import MMDetError
+from mmdet_deploy.fileio import Sha256Cache
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,6 @@ class BuildContext:
 Builder = Callable[[BuildContext, Path, Path], None]
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 #: Subpackages whose code decides what a built artefact contains.
 _BUILDER_PACKAGES = ("model", "export", "calibration")
 _BUILDER_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "tensorrt")
@@ -108,23 +107,6 @@ def code_fingerprint(root: Path, packages: tuple[str, ...], libraries: tuple[str
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so large checkpoints are hashed once per run."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = _hash(path, chunk)
-    return _SHA_CACHE[key]
-
-
-def _hash(path: Path, chunk: int) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_onnx_fp32(ctx: BuildContext, src: Path, dst: Path) -> None:
     """``export_onnx`` (opset 18, onnxslim); parity is measured by the benchmark itself, so ``check=False``."""
     from mmdet_deploy.export import export_onnx
@@ -146,11 +128,11 @@ def build_onnx_int8(ctx: BuildContext, src: Path, dst: Path) -> None:
     format, then :func:`mmdet_deploy.calibration.quantize.quantize_onnx` quantises ``src``. Synthetic
     clips are enough to measure speed; accuracy claims need a calibration set sampled from real media.
     """
-    onnx = require("onnx", "INT8 quantisation")
+    require("onnx", "INT8 quantisation")
     from mmdet_deploy.calibration.dataset import CalibrationClip, write_calibration_set
-    from mmdet_deploy.calibration.quantize import quantize_onnx, read_contract
+    from mmdet_deploy.calibration.quantize import quantize_onnx
 
-    contract = read_contract(onnx.load(str(src), load_external_data=False), str(src))
+    contract = ModelContract.from_onnx(src)
     clips = ctx.calibration_clips()
     calib_dir = dst.with_name(dst.stem + ".calibration")
     entries = [
@@ -201,10 +183,12 @@ class ArtefactStore:
         self.builders = dict(BUILDERS if builders is None else builders)
         self._done: dict[str, Artefact] = {}
         self._tag: str | None = None
+        #: Digests of the checkpoint and built artefacts, hashed once per store (its files are GBs).
+        self._sha256 = Sha256Cache()
 
     def _name(self, kind: str) -> Path:
         if self._tag is None:
-            self._tag = f"{self.ctx.config}-{self.ctx.head}-{_file_sha256(self.ctx.weights)[:12]}"
+            self._tag = f"{self.ctx.config}-{self.ctx.head}-{self._sha256(self.ctx.weights)[:12]}"
         family, _, precision = kind.partition("-")
         return self.ctx.cache_dir / f"{self._tag}-{precision}{SUFFIX[family]}"
 
@@ -233,7 +217,7 @@ class ArtefactStore:
         sidecar = dst.with_name(dst.name + ".build.json")
         if dst.is_file() and sidecar.is_file():
             meta = json.loads(sidecar.read_text())
-            if meta.get("source_sha256") == _file_sha256(source.path) and meta.get("builder") == builder_fingerprint():
+            if meta.get("source_sha256") == self._sha256(source.path) and meta.get("builder") == builder_fingerprint():
                 log.info("reusing %s (%s)", dst, kind)
                 return Artefact(kind, dst, build_s=meta.get("build_s"), cached=True)
             log.info("rebuilding %s: its source or the building code changed since it was built", dst)
@@ -248,6 +232,6 @@ class ArtefactStore:
             log.exception("building %s failed", kind)
             return Artefact(kind, None, error=f"{type(exc).__name__}: {exc}")
         build_s = time.perf_counter() - t0
-        sidecar.write_text(json.dumps({"kind": kind, "build_s": build_s, "source_sha256": _file_sha256(source.path),
+        sidecar.write_text(json.dumps({"kind": kind, "build_s": build_s, "source_sha256": self._sha256(source.path),
                                        "builder": builder_fingerprint()}))
         return Artefact(kind, dst, build_s=build_s)

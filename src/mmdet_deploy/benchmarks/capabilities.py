@@ -16,12 +16,13 @@ Requirements are short strings:
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmdet_deploy.benchmarks.status import RowStatus, Status
+from mmdet_deploy.deps import available
 from mmdet_deploy.errors import UsageError
 
 #: Artefact kinds a row runs from.
@@ -159,7 +160,7 @@ PROBED_MODULES = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "tri
 
 def probe_environment(flags: Iterable[str] = ()) -> Environment:
     """Probe this machine: importable modules, CUDA devices, ONNX Runtime providers, a C++ compiler."""
-    modules = frozenset(m for m in PROBED_MODULES if _importable(m))
+    modules = frozenset(m for m in PROBED_MODULES if available(m))
     cuda = 0
     if "torch" in modules:
         import torch
@@ -174,19 +175,17 @@ def probe_environment(flags: Iterable[str] = ()) -> Environment:
     return Environment(modules, cuda, providers, cxx, frozenset(flags))
 
 
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 @dataclass(frozen=True)
 class Availability:
-    """Whether a row runs here; ``status`` is ``available`` or ``unavailable: ...`` / ``skipped: ...``."""
+    """Whether a row runs here: ``state`` is ``AVAILABLE``, ``UNAVAILABLE`` or ``SKIPPED`` with the reason."""
 
     runnable: bool
-    status: str
+    state: RowStatus
+
+    @property
+    def status(self) -> str:
+        """The report's text: ``available``, ``unavailable: ...`` or ``skipped: ...``."""
+        return self.state.text
 
 
 def availability(row: Capability, env: Environment, device: str) -> Availability:
@@ -200,14 +199,14 @@ def availability(row: Capability, env: Environment, device: str) -> Availability
     for need in needs:
         reason = None if need.startswith("flag:") else env.check(need)
         if reason:
-            return Availability(False, f"unavailable: {reason}")
+            return Availability(False, RowStatus(Status.UNAVAILABLE, reason))
     if row.device != device:
-        return Availability(False, f"skipped: --device {device}")
+        return Availability(False, RowStatus(Status.SKIPPED, f"--device {device}"))
     for need in needs:
         reason = env.check(need) if need.startswith("flag:") else None
         if reason:
-            return Availability(False, f"skipped: {reason}")
-    return Availability(True, "available")
+            return Availability(False, RowStatus(Status.SKIPPED, reason))
+    return Availability(True, RowStatus(Status.AVAILABLE))
 
 
 def select_rows(names: Iterable[str] | None, table: tuple[Capability, ...] = CAPABILITIES) -> tuple[Capability, ...]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mmdet_deploy.benchmarks.status import is_ok
 from mmdet_deploy.benchmarks.timing import TimingPolicy, measure
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class E2ESettings:
 
 def choose_row(records: Sequence[dict[str, Any]], device: str, wanted: str | None = None) -> dict[str, Any] | None:
     """The matrix record the pipeline runs on: ``wanted`` (name or key) if it ran, else the preferred one."""
-    ok = {r["key"]: r for r in records if r["status"] == "ok"}
+    ok = {r["key"]: r for r in records if is_ok(r)}
     if wanted:
         key = wanted if "@" in wanted else f"{wanted}@{device}"
         return ok.get(key)
@@ -52,7 +53,7 @@ def choose_row(records: Sequence[dict[str, Any]], device: str, wanted: str | Non
 def _model_only(record: dict[str, Any], batch: int, backend: Any, clips: np.ndarray, policy: TimingPolicy) -> float:
     """Model-only clips/s of the row at ``batch``: the matrix figure, or measured now on the open backend."""
     figure = record.get("batches", {}).get(str(batch), {})
-    if figure.get("status") == "ok":
+    if is_ok(figure):
         return float(figure["clips_per_s"])
     feed = {n: np.ascontiguousarray(clips[:batch]) for n in backend.contract.input_names}
     timing = measure(lambda: backend.infer(feed), policy)

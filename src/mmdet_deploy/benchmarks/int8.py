@@ -21,7 +21,7 @@ from typing import Any
 from mmdet_deploy.benchmarks.timing import TimingPolicy, TimingResult, as_dict, measure
 from mmdet_deploy.calibration.dataset import HOLDOUT, CalibrationSet, CalibrationSetError
 from mmdet_deploy.calibration.gate import DEFAULT_MIN_AGREEMENT, compare, output_names, run_split, session
-from mmdet_deploy.contract import LOGITS, PROB_FAKE
+from mmdet_deploy.contract import LOGITS, PROB_FAKE, ModelContract
 from mmdet_deploy.deps import require
 
 
@@ -43,8 +43,7 @@ def int8_benchmark(
     kernel-time breakdown of both models on the same clip (:mod:`mmdet_deploy.benchmarks.profile`), after
     the timing, so that profiling overhead never enters the latency figures.
     """
-    onnx = require("onnx", "the INT8 benchmark")
-    from mmdet_deploy.calibration.quantize import read_contract
+    require("onnx", "the INT8 benchmark")
 
     calib = CalibrationSet.open(calib_dir)
     entries = calib.split(split)
@@ -65,7 +64,7 @@ def int8_benchmark(
     shared = set(output_names(sessions["fp32"])) & set(output_names(sessions["int8"]))
     cosine_on = "features" if "features" in shared else LOGITS
     names = [LOGITS, PROB_FAKE] + (["features"] if cosine_on == "features" else [])
-    contract = read_contract(onnx.load(str(fp32_path), load_external_data=False), str(fp32_path))
+    contract = ModelContract.from_onnx(fp32_path)
     gate = compare(run_split(sessions["fp32"], calib, split, names), run_split(sessions["int8"], calib, split, names),
                    contract.threshold, DEFAULT_MIN_AGREEMENT, cosine_on)
     profiles = None

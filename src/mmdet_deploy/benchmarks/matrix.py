@@ -21,8 +21,10 @@ import numpy as np
 
 from mmdet_deploy.benchmarks.artefacts import ArtefactStore
 from mmdet_deploy.benchmarks.capabilities import REFERENCE, Capability, Environment, availability
+from mmdet_deploy.benchmarks.status import failed, status_of
 from mmdet_deploy.benchmarks.timing import TimingPolicy
 from mmdet_deploy.benchmarks.worker import BackendFactory, RowJob, run_row
+from mmdet_deploy.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,6 @@ def backend_options(row: Capability, settings: MatrixSettings) -> dict[str, Any]
     return options
 
 
-def first_line(text: str, limit: int = 300) -> str:
-    """A one-line reason: the first non-empty line of ``text``, cut to ``limit`` characters."""
-    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _run_isolated(job: RowJob, work: Path, timeout_s: float) -> dict[str, Any]:
     stem = job.key.replace("@", "_")
     job_path, result_path, log_path = work / f"{stem}.job.json", work / f"{stem}.result.json", work / f"{stem}.log"
@@ -80,12 +76,12 @@ def _run_isolated(job: RowJob, work: Path, timeout_s: float) -> dict[str, Any]:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:
         log_path.write_text(str(exc.stderr or ""))
-        return {"status": f"failed: worker timed out after {timeout_s:.0f} s"}
+        return {"status": failed(f"worker timed out after {timeout_s:.0f} s")}
     log_path.write_text(proc.stdout + proc.stderr)
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    tail = first_line("\n".join(proc.stderr.strip().splitlines()[-1:]) or f"exit code {proc.returncode}")
-    return {"status": f"failed: worker exited with code {proc.returncode}: {tail}"}
+    tail = one_line("\n".join(proc.stderr.strip().splitlines()[-1:]) or f"exit code {proc.returncode}")
+    return {"status": failed(f"worker exited with code {proc.returncode}: {tail}")}
 
 
 def fidelity(reference: dict[str, Any], outputs: dict[str, Any], threshold: float) -> dict[str, Any]:
@@ -152,7 +148,7 @@ def run_matrix(
             build_s=artefact.build_s, build_cached=artefact.cached,
         )  # fmt: skip
         if artefact.error or artefact.path is None:
-            rec["status"] = f"failed: building {row.artefact}: {first_line(artefact.error or 'no file')}"
+            rec["status"] = failed(f"building {row.artefact}: {one_line(artefact.error or 'no file')}")
             progress(f"{row.key}: {rec['status']}")
             continue
         job = RowJob(
@@ -163,7 +159,7 @@ def run_matrix(
         )  # fmt: skip
         progress(f"{row.key}: running ({row.label}, batch sizes {list(settings.batch_sizes)})")
         result = _run_isolated(job, work, settings.row_timeout_s) if settings.isolate else run_row(job, factory)
-        rec["status"] = first_line(result.get("status", "failed: no status"))
+        rec["status"] = one_line(status_of(result).text)
         for name in ("load_s", "batches", "describe", "memory", "traceback"):
             if name in result:
                 rec[name] = result[name]

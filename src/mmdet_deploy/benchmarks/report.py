@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmdet_deploy.benchmarks.status import is_ok
 from mmdet_deploy.deps import require
 
 #: Columns of the model-matrix table in ``report.md``, in order (one line per row and batch size).
@@ -58,7 +59,7 @@ def matrix_rows(records: Sequence[dict[str, Any]]) -> list[list[Any]]:
                   rec.get("build_s"), rec.get("artefact_size_mb"), fid.get("max_abs_dlogit"),
                   fid.get("max_abs_dprob"), fid.get("decision_agreement")]  # fmt: skip
         batches = rec.get("batches") or {}
-        if rec["status"] != "ok" or not batches:
+        if not is_ok(rec) or not batches:
             out.append([rec["key"], rec["precision"], rec["device"], rec["status"]] + [None] * 6 + common)
             continue
         for bs, fig in sorted(batches.items(), key=lambda kv: int(kv[0])):
@@ -163,8 +164,8 @@ def render_png(report: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ran = [r for r in report["rows"] if r["status"] == "ok" and r.get("batches")]
-    batch_sizes = sorted({int(b) for r in ran for b, f in r["batches"].items() if f.get("status") == "ok"})
+    ran = [r for r in report["rows"] if is_ok(r) and r.get("batches")]
+    batch_sizes = sorted({int(b) for r in ran for b, f in r["batches"].items() if is_ok(f)})
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [3, 3, 1.4]})
     width = 0.8 / max(1, len(batch_sizes))
     labels = [r["key"] for r in ran]
@@ -172,7 +173,7 @@ def render_png(report: dict[str, Any], path: Path) -> Path:
         xs, p50, p95, cps = [], [], [], []
         for i, r in enumerate(ran):
             fig_bs = r["batches"].get(str(bs), {})
-            if fig_bs.get("status") == "ok":
+            if is_ok(fig_bs):
                 xs.append(i + (j - (len(batch_sizes) - 1) / 2) * width)
                 p50.append(fig_bs["p50_ms_per_clip"])
                 p95.append(fig_bs["p95_ms_per_clip"])

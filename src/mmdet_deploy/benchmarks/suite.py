@@ -22,14 +22,15 @@ from mmdet_deploy.benchmarks.artefacts import ArtefactStore, BuildContext, Build
 from mmdet_deploy.benchmarks.capabilities import Environment, probe_environment, select_rows
 from mmdet_deploy.benchmarks.flops import flops_per_clip, measure_peak_tflops
 from mmdet_deploy.benchmarks.machine import load_average, machine_info
-from mmdet_deploy.benchmarks.matrix import MatrixSettings, backend_options, first_line, run_matrix
+from mmdet_deploy.benchmarks.matrix import MatrixSettings, backend_options, run_matrix
 from mmdet_deploy.benchmarks.report import write_report
+from mmdet_deploy.benchmarks.status import E2E_DISABLED, failed, not_run
 from mmdet_deploy.benchmarks.synthetic_media import MediaSpec, generate_media, media_summary, sample_clips
 from mmdet_deploy.benchmarks.targets import add_compute_figures, evaluate_targets
 from mmdet_deploy.benchmarks.timing import TimingPolicy, as_dict
 from mmdet_deploy.benchmarks.worker import BackendFactory
 from mmdet_deploy.contract import CONFIGS
-from mmdet_deploy.errors import UsageError
+from mmdet_deploy.errors import UsageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ def run_benchmark(
             e2e = _end_to_end(s, records, weights, clips, policy, msettings, work, factory, progress)
         except Exception as exc:  # the matrix took minutes: still write it, with the failure in the report
             log.exception("end-to-end run failed")
-            e2e = {"status": f"failed: {type(exc).__name__}: {first_line(str(exc))}"}
+            e2e = {"status": failed(f"{type(exc).__name__}: {one_line(exc)}")}
     report = {
         "started": started.isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - t_start,
@@ -241,7 +242,7 @@ def run_benchmark(
         "peaks": peaks,
         "artefacts": [a.as_dict() for a in store.built()],
         "rows": records,
-        "e2e": e2e or {"status": "end-to-end not run (--no-e2e)"},
+        "e2e": e2e or {"status": E2E_DISABLED},
         "targets": evaluate_targets(records, e2e),
     }  # fmt: skip
     report["paths"] = {k: str(v) for k, v in write_report(report, s.out).items()}
@@ -256,7 +257,7 @@ def _end_to_end(
     record = e2e_mod.choose_row(records, s.device, s.e2e_row)
     if record is None:
         wanted = s.e2e_row or " / ".join(e2e_mod.E2E_PREFERENCE.get(s.device, ()))
-        return {"status": f"no row to run the pipeline on ({wanted} did not run)"}
+        return {"status": not_run(f"no row to run the pipeline on ({wanted} did not run)")}
     progress(f"end-to-end: generating media ({s.media})")
     files = generate_media(scratch_dir(s.out / "media"), s.media)
     from mmdet_deploy.benchmarks.capabilities import CAPABILITIES

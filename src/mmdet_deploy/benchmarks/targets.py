@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mmdet_deploy.benchmarks.status import E2E_DISABLED, RowStatus, Status, is_ok, status_of
+
 #: Precision of a row -> dtype of the measured peak it is compared with (INT8 against the fp16/fp32 peak:
 #: the machine's int8 matmul peak is not measured; the share is then an upper-bound style indicator).
 PEAK_DTYPE = {
@@ -27,7 +29,7 @@ def add_compute_figures(records: Sequence[dict[str, Any]], flops_per_clip: float
         peak = peaks.get(f"{rec['device']}:{dtype}")
         rec["peak_reference"] = f"{rec['device']}:{dtype}" if peak else None
         for batch in rec.get("batches", {}).values():
-            if batch.get("status") != "ok":
+            if not is_ok(batch):
                 continue
             batch["tflops"] = flops_per_clip * batch["clips_per_s"] / 1e12
             batch["peak_share"] = batch["tflops"] / peak["tflops"] if peak else None
@@ -41,12 +43,12 @@ def speedup(records: Sequence[dict[str, Any]], fast: str, slow: str) -> dict[str
     """Per-clip p50 speed-up of row ``fast`` over row ``slow``: ``{batch, ratio, by_batch}``, or None."""
     rows = _by_key(records)
     a, b = rows.get(fast), rows.get(slow)
-    if not a or not b or a["status"] != "ok" or b["status"] != "ok":
+    if not is_ok(a) or not is_ok(b):
         return None
     by_batch = {}
     for bs, fa in a["batches"].items():
         fb = b["batches"].get(bs)
-        if fa.get("status") == "ok" and fb and fb.get("status") == "ok":
+        if is_ok(fa) and is_ok(fb):
             by_batch[bs] = fb["p50_ms_per_clip"] / fa["p50_ms_per_clip"]
     if not by_batch:
         return None
@@ -58,10 +60,11 @@ def _target(
     name: str, threshold: float, unit: str, value: float | None, why_na: str, detail: str = ""
 ) -> dict[str, Any]:
     if value is None:
-        status = f"n/a: {why_na}"
+        status = RowStatus(Status.NOT_APPLICABLE, why_na)
     else:
-        status = "met" if value >= threshold else "not met"
-    return {"target": name, "threshold": threshold, "unit": unit, "value": value, "status": status, "detail": detail}
+        status = RowStatus(Status.MET if value >= threshold else Status.NOT_MET)
+    return {"target": name, "threshold": threshold, "unit": unit, "value": value, "status": status.text,
+            "detail": detail}
 
 
 def _row_status(records: Sequence[dict[str, Any]], *keys: str) -> str:
@@ -70,8 +73,8 @@ def _row_status(records: Sequence[dict[str, Any]], *keys: str) -> str:
         rec = rows.get(key)
         if rec is None:
             return f"{key} not in this run (--rows)"
-        if rec["status"] != "ok":
-            return f"{key} {rec['status']}"
+        if not is_ok(rec):
+            return f"{key} {status_of(rec).text}"
     return "rows share no batch size"
 
 
@@ -89,7 +92,7 @@ def evaluate_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] |
         out.append(_target(name, threshold, "x", s["ratio"] if s else None, _row_status(records, fast, slow), detail))
     overlap = e2e.get("overlap_efficiency") if e2e else None
     ratio = e2e.get("speedup_vs_seed") if e2e else None
-    why = (e2e or {}).get("status", "end-to-end not run (--no-e2e)")
+    why = status_of(e2e).text if e2e and "status" in e2e else E2E_DISABLED
     out.append(_target("End-to-end overlap efficiency (pipeline / model-only, same backend)", 0.9, "ratio", overlap,
                        why, (e2e or {}).get("overlap_detail", "")))
     out.append(_target("End-to-end at least 2x the seed-style pipeline (files/s, same model)", 2.0, "x", ratio, why))

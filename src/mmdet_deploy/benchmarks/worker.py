@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmdet_deploy.benchmarks.memory import GpuMemory, RssSampler, current_rss_mb, max_rss_mb
+from mmdet_deploy.benchmarks.status import failed, not_applicable, ok, status_of
 from mmdet_deploy.benchmarks.timing import TimingPolicy, measure, no_sync
 from mmdet_deploy.contract import LOGITS, PROB_FAKE
 from mmdet_deploy.errors import MMDetError
@@ -109,7 +110,7 @@ def _run(job: RowJob, factory: BackendFactory) -> dict[str, Any]:
             last: dict[int, dict[str, np.ndarray]] = {}
             for bs in job.batch_sizes:
                 if backend.max_batch is not None and bs > backend.max_batch:
-                    result["batches"][str(bs)] = {"status": f"n/a: artefact max batch {backend.max_batch}"}
+                    result["batches"][str(bs)] = {"status": not_applicable(f"artefact max batch {backend.max_batch}")}
                     continue
                 feed = {n: np.ascontiguousarray(clips[:bs]) for n in names}
 
@@ -119,21 +120,21 @@ def _run(job: RowJob, factory: BackendFactory) -> dict[str, Any]:
                 try:
                     timing = measure(call, job.policy, synchronize=sync)
                 except Exception as exc:  # e.g. out of memory at a large batch: keep the smaller batches
-                    result["batches"][str(bs)] = {"status": f"failed: {type(exc).__name__}: {exc}"}
+                    result["batches"][str(bs)] = {"status": failed(f"{type(exc).__name__}: {exc}")}
                     last.pop(bs, None)
                     continue
                 gpu.sample()
                 summary = timing.summary()
                 summary.update(
-                    status="ok",
+                    status=ok(),
                     p50_ms_per_clip=timing.p50_ms / bs,
                     p95_ms_per_clip=timing.p95_ms / bs,
                     clips_per_s=bs / (timing.p50_ms / 1e3),
                 )
                 result["batches"][str(bs)] = summary
             if not last:
-                failures = [b["status"] for b in result["batches"].values()]
-                raise MMDetError(failures[0].removeprefix("failed: ") if failures else "no batch size could run")
+                failures = [status_of(b).detail for b in result["batches"].values()]
+                raise MMDetError(failures[0] if failures else "no batch size could run")
             result["outputs"] = _fidelity_outputs(backend, clips, names, job.fidelity_clips, last)
             result["describe"] = _jsonable(backend.describe())
         finally:
@@ -145,7 +146,7 @@ def _run(job: RowJob, factory: BackendFactory) -> dict[str, Any]:
         **gpu.summary(),
     }
     result["memory"]["rss_delta_mb"] = result["memory"]["peak_rss_mb"] - rss_before
-    result["status"] = "ok"
+    result["status"] = ok()
     return result
 
 
@@ -164,7 +165,7 @@ def _fidelity_outputs(
             out = backend.infer({k: np.ascontiguousarray(clips[start : start + size]) for k in names})
         logits.append(np.asarray(out[LOGITS], np.float64))
         probs.append(np.asarray(out[PROB_FAKE], np.float64))
-    return {"logits": np.concatenate(logits).tolist(), "prob_fake": np.concatenate(probs).tolist()}
+    return {LOGITS: np.concatenate(logits).tolist(), PROB_FAKE: np.concatenate(probs).tolist()}
 
 
 def _jsonable(value: Any) -> Any:
@@ -176,10 +177,10 @@ def run_row(job: RowJob, factory: BackendFactory | None = None) -> dict[str, Any
     try:
         return _run(job, factory or _default_factory)
     except MMDetError as exc:
-        return {"status": f"failed: {exc}"}
+        return {"status": failed(str(exc))}
     except Exception as exc:  # a backend that cannot run here still gets its row, with the reason
         return {
-            "status": f"failed: {type(exc).__name__}: {exc}",
+            "status": failed(f"{type(exc).__name__}: {exc}"),
             "traceback": traceback.format_exc(limit=8),
         }
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mmdet_deploy.calibration.dataset import HOLDOUT, CalibrationSet, CalibrationSetError
-from mmdet_deploy.contract import LOGITS, PROB_FAKE
+from mmdet_deploy.contract import LOGITS, PROB_FAKE, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ContractError, ParityError
 from mmdet_deploy.parity import cosine
@@ -112,8 +112,7 @@ def run_gate(fp32_path: str | Path, int8_path: str | Path, calib: CalibrationSet
              min_agreement: float = DEFAULT_MIN_AGREEMENT, split: str = HOLDOUT,
              threads: int | None = None) -> GateReport:
     """Compare the two ONNX models on ``split`` of the calibration set (the threshold is the fp32 contract's)."""
-    onnx = require("onnx", "the INT8 accuracy gate")
-    from mmdet_deploy.calibration.quantize import read_contract
+    require("onnx", "the INT8 accuracy gate")
 
     if not 0.0 <= min_agreement <= 1.0:
         raise ContractError(f"--min-agreement {min_agreement} is outside [0, 1]")
@@ -123,7 +122,7 @@ def run_gate(fp32_path: str | Path, int8_path: str | Path, calib: CalibrationSet
             f"{calib.root}: the {split} split is empty, so the gate has nothing to measure; "
             "sample the set with --holdout > 0"
         )
-    contract = read_contract(onnx.load(str(fp32_path), load_external_data=False), str(fp32_path))
+    contract = ModelContract.from_onnx(fp32_path)
     ref_sess, cand_sess = session(fp32_path, threads), session(int8_path, threads)
     shared = set(output_names(ref_sess)) & set(output_names(cand_sess))
     cosine_on = FEATURES if FEATURES in shared else LOGITS

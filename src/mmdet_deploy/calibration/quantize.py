@@ -37,7 +37,7 @@ from mmdet_deploy.calibration.qdq import (
     qdq_summary,
     select_nodes,
 )
-from mmdet_deploy.contract import METADATA_KEY, ModelContract
+from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.deps import available, require
 from mmdet_deploy.errors import ExportError, UsageError
 
@@ -107,21 +107,6 @@ class CalibrationReader:
         if self._iter is None:
             self._iter = self._generate()
         return next(self._iter, None)
-
-
-def read_contract(model: Any, source: str) -> ModelContract:
-    """The contract embedded in an ``onnx.ModelProto``."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    return ModelContract.from_metadata(meta, source)
-
-
-def write_contract(model: Any, contract: ModelContract) -> None:
-    """Replace the contract in an ``onnx.ModelProto``'s metadata (other metadata entries are kept)."""
-    for prop in list(model.metadata_props):
-        if prop.key == METADATA_KEY:
-            model.metadata_props.remove(prop)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, contract.to_json()
 
 
 def _stride(n: int, cap: int = 2) -> int:
@@ -276,7 +261,7 @@ def quantize_onnx(
     if n_calib == 0:
         raise CalibrationSetError(f"{calib.root}: the calibration split is empty")
     model = onnx.load(str(onnx_path))
-    contract = read_contract(model, str(onnx_path))
+    contract = ModelContract.from_onnx(model, str(onnx_path))
     if contract.precision != "fp32":
         raise UsageError(f"{onnx_path}: precision is {contract.precision}; quantise the fp32 export")
     calib.check_compatible(contract, str(onnx_path))
@@ -306,7 +291,7 @@ def quantize_onnx(
     info = {"method": method, "ops": ",".join(sorted(tokens)), "engine": resolved, "conv_requant": conv_requant,
             "calibration": str(calib.root), "calibration_fingerprint": calib.fingerprint,
             "calibration_clips": n_calib, "source_model": onnx_path.name}
-    write_contract(qmodel, contract.replace(precision="int8", extra={**dict(contract.extra), "int8": info}))
+    contract.replace(precision="int8", extra={**dict(contract.extra), "int8": info}).to_onnx(qmodel)
     onnx.save(qmodel, str(out))
     return QuantizeResult(
         path=out, engine=resolved, method=method, ops=info["ops"], calibration=str(calib.root),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,65 +79,85 @@ def sample_calibration_set(
     items = sorted((i for i in discover(data) if i.is_media), key=lambda i: i.name)
     if not items:
         raise CalibrationSetError(f"{data}: no image or video files to sample from")
-    rng = np.random.default_rng(seed)
-    per_file = max(1, math.ceil(clips / len(items)))
-    collected: list[CalibrationClip] = []
-    sources: dict[str, dict[str, Any]] = {}
-    rest: dict[str, list[int]] = {}  # windows not yet taken, in their seeded order, per file
-    skipped: list[dict[str, str]] = []
-
-    def take(item: Any, prepared: Any, windows: list[int]) -> None:
-        for w in sorted(windows):
-            original, recons = prepared.window_inputs(w, w + 1)
-            collected.append(CalibrationClip(source=item.name, window=w,
-                                             frame_indices=tuple(int(f) for f in prepared.frame_indices[w]),
-                                             original=original[0], recons=recons[0], detector=prepared.detector))
-        sources[item.name]["taken"] = sorted(sources[item.name]["taken"] + windows)
-
-    visited = []
-    for idx in rng.permutation(len(items)):  # first pass: up to per_file windows of each file
-        if len(collected) >= clips:
-            break
-        item = items[int(idx)]
-        try:
-            prepared = pre(item.path, item.kind)
-        except MediaError as exc:
-            skipped.append({"file": item.name, "reason": exc.reason})
-            logger.warning("calibration: skipping %s (%s)", item.name, exc.reason)
-            continue
-        order = [int(w) for w in rng.permutation(prepared.windows)]
-        n = min(per_file, clips - len(collected))
-        sources[item.name] = {"file": item.name, "sha256": sha256_file(item.path), "kind": item.kind,
-                              "windows": prepared.windows, "taken": [], "notes": list(prepared.notes)}
-        take(item, prepared, order[:n])
-        rest[item.name] = order[n:]
-        visited.append(item)
-    while len(collected) < clips:  # later passes: spread the shortfall over files with windows left
-        spare = [i for i in visited if rest[i.name]]
-        if not spare:
-            break
-        share = math.ceil((clips - len(collected)) / len(spare))
-        for item in spare:
-            n = min(share, len(rest[item.name]), clips - len(collected))
-            if n > 0:
-                take(item, pre(item.path, item.kind), rest[item.name][:n])
-                rest[item.name] = rest[item.name][n:]
-    if len(collected) < min_clips:
+    sampling = _Sampling(pre, clips, per_file=max(1, math.ceil(clips / len(items))))
+    sampling.first_pass(items, np.random.default_rng(seed))
+    sampling.fill_shortfall()
+    if len(sampling.collected) < min_clips:
         raise CalibrationSetError(
-            f"a calibration set needs at least {min_clips} clips (--min-clips); only {len(collected)} could be "
-            f"made from {len(items)} media files in {data} ({len(skipped)} unreadable); add media or lower --min-clips"
+            f"a calibration set needs at least {min_clips} clips (--min-clips); only {len(sampling.collected)} "
+            f"could be made from {len(items)} media files in {data} ({len(sampling.skipped)} unreadable); add "
+            "media or lower --min-clips"
         )
     provenance = {
         "data": str(data),
         "requested_clips": clips,
-        "clips_per_file": per_file,
+        "clips_per_file": sampling.per_file,
         "media_files": len(items),
-        "files_used": len(sources),
-        "sources": list(sources.values()),
-        "skipped": skipped,
+        "files_used": len(sampling.sources),
+        "sources": list(sampling.sources.values()),
+        "skipped": sampling.skipped,
         "preprocessor": {"preset": pre.preset, "face_detectors": list(face_detectors or []) or "default",
                          "max_windows": max_windows, "decoder": pre.decoder,
                          "options": {k: str(v) for k, v in sorted(preprocessor_options.items())}},
     }
-    return write_calibration_set(out, collected, contract=contract, seed=seed, holdout=holdout,
+    return write_calibration_set(out, sampling.collected, contract=contract, seed=seed, holdout=holdout,
                                  min_clips=min_clips, provenance=provenance, overwrite=overwrite)
+
+
+@dataclass
+class _Sampling:
+    """One sampling run: the clips taken so far, what each source file gave, the windows left per file."""
+
+    pre: Any  # a runtime Preprocessor (imported lazily: calibration must not load the runtime on import)
+    clips: int
+    per_file: int
+    collected: list[CalibrationClip] = field(default_factory=list)
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rest: dict[str, list[int]] = field(default_factory=dict)  # windows not yet taken, seeded order, per file
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    visited: list[Any] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        return self.clips - len(self.collected)
+
+    def take(self, item: Any, prepared: Any, windows: list[int]) -> None:
+        for w in sorted(windows):
+            original, recons = prepared.window_inputs(w, w + 1)
+            self.collected.append(CalibrationClip(source=item.name, window=w,
+                                                  frame_indices=tuple(int(f) for f in prepared.frame_indices[w]),
+                                                  original=original[0], recons=recons[0], detector=prepared.detector))
+        self.sources[item.name]["taken"] = sorted(self.sources[item.name]["taken"] + windows)
+
+    def first_pass(self, items: Sequence[Any], rng: np.random.Generator) -> None:
+        """Visit files in a seeded order, up to ``per_file`` windows each, until ``clips`` are collected."""
+        for idx in rng.permutation(len(items)):
+            if self.missing <= 0:
+                break
+            item = items[int(idx)]
+            try:
+                prepared = self.pre(item.path, item.kind)
+            except MediaError as exc:
+                self.skipped.append({"file": item.name, "reason": exc.reason})
+                logger.warning("calibration: skipping %s (%s)", item.name, exc.reason)
+                continue
+            order = [int(w) for w in rng.permutation(prepared.windows)]
+            n = min(self.per_file, self.missing)
+            self.sources[item.name] = {"file": item.name, "sha256": sha256_file(item.path), "kind": item.kind,
+                                       "windows": prepared.windows, "taken": [], "notes": list(prepared.notes)}
+            self.take(item, prepared, order[:n])
+            self.rest[item.name] = order[n:]
+            self.visited.append(item)
+
+    def fill_shortfall(self) -> None:
+        """Later passes: spread what is still missing over the files that have windows left."""
+        while self.missing > 0:
+            spare = [i for i in self.visited if self.rest[i.name]]
+            if not spare:
+                return
+            share = math.ceil(self.missing / len(spare))
+            for item in spare:
+                n = min(share, len(self.rest[item.name]), self.missing)
+                if n > 0:
+                    self.take(item, self.pre(item.path, item.kind), self.rest[item.name][:n])
+                    self.rest[item.name] = self.rest[item.name][n:]

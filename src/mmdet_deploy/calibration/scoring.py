@@ -14,7 +14,6 @@ sidecar JSON), with ``threshold_source`` saying how it was chosen; ``mmdet-run``
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import tempfile
@@ -161,11 +160,9 @@ def store_threshold(artefact: str | Path, threshold: float, source: str) -> Path
     artefact = Path(artefact)
     if artefact.suffix.lower() == ".onnx":
         onnx = require("onnx", "storing the threshold in an ONNX model")
-        from mmdet_deploy.calibration.quantize import read_contract, write_contract
-
         model = onnx.load(str(artefact), load_external_data=False)
-        contract = read_contract(model, str(artefact)).replace(threshold=float(threshold), threshold_source=source)
-        write_contract(model, contract)
+        contract = ModelContract.from_onnx(model, str(artefact))
+        contract.replace(threshold=float(threshold), threshold_source=source).to_onnx(model)
         fd, tmp = tempfile.mkstemp(prefix=artefact.name + ".", suffix=".tmp", dir=artefact.parent)
         os.close(fd)
         try:
@@ -180,7 +177,7 @@ def store_threshold(artefact: str | Path, threshold: float, source: str) -> Path
     if sidecar_path(artefact).is_file():
         sidecar = read_sidecar(artefact)
         contract = sidecar.model_contract(str(artefact)).replace(threshold=float(threshold), threshold_source=source)
-        write_sidecar(artefact, dataclasses.replace(sidecar, contract=contract.to_dict()))
+        write_sidecar(artefact, contract.to_sidecar(sidecar))
         return sidecar_path(artefact)
     raise UsageError(
         f"{artefact}: not an ONNX model or an engine with a sidecar, so there is no contract to store the "
@@ -192,10 +189,7 @@ def stored_contract(artefact: str | Path) -> ModelContract:
     """The contract currently stored in an ONNX model or an engine sidecar (to check what was written)."""
     artefact = Path(artefact)
     if artefact.suffix.lower() == ".onnx":
-        onnx = require("onnx", "reading an ONNX contract")
-        from mmdet_deploy.calibration.quantize import read_contract
-
-        return read_contract(onnx.load(str(artefact), load_external_data=False), str(artefact))
+        return ModelContract.from_onnx(artefact)
     from mmdet_deploy.tensorrt.sidecar import read_sidecar
 
     return read_sidecar(artefact).model_contract(str(artefact))

@@ -84,6 +84,7 @@ def bench(
     if out is None:
         raise UsageError("--out is required: the folder that receives the report and the artefacts")
     from mmdet_deploy.benchmarks.report import TARGET_COLUMNS, markdown_table, target_rows
+    from mmdet_deploy.benchmarks.status import is_ok
     from mmdet_deploy.benchmarks.suite import BenchSettings, run_benchmark
 
     settings = BenchSettings(
@@ -97,11 +98,11 @@ def bench(
     typer.echo("\n".join(markdown_table(TARGET_COLUMNS, target_rows(report["targets"]))))
     for row in report["rows"]:
         figures = ", ".join(
-            f"b{bs}: {f['p50_ms_per_clip']:.4g} ms/clip" for bs, f in row["batches"].items() if f.get("status") == "ok"
+            f"b{bs}: {f['p50_ms_per_clip']:.4g} ms/clip" for bs, f in row["batches"].items() if is_ok(f)
         )
         typer.echo(f"{row['key']:28s} {row['status'][:70]:70s} {figures}")
     typer.echo(f"report: {report['paths']['md']} (and report.json, report.png)")
-    if not any(row["status"] == "ok" for row in report["rows"]):
+    if not any(is_ok(row) for row in report["rows"]):
         typer.echo(f"error: no row could run on --device {device}; see the statuses above", err=True)
         raise typer.Exit(1)
 

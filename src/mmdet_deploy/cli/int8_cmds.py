@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from mmdet_deploy.calibration.gate import DEFAULT_MIN_AGREEMENT
 from mmdet_deploy.cli.common import setup_logging, user_errors
 from mmdet_deploy.errors import UsageError
 
@@ -88,7 +89,7 @@ def quantize(
     conv_requant: bool = typer.Option(True, "--conv-requant/--no-conv-requant", help="Also quantise Conv outputs "
                                       "that feed a norm/ReLU (ONNX Runtime CPU then runs QLinearConv)."),
     gate: bool = typer.Option(True, "--gate/--no-gate", help="Run the accuracy gate on the held-out clips."),
-    min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
+    min_agreement: float = typer.Option(DEFAULT_MIN_AGREEMENT, "--min-agreement", min=0.0, max=1.0,
                                         help="Gate: least fp32/INT8 decision agreement (exit 3 below it)."),
     threads: int = typer.Option(0, "--threads", min=0, help="Gate: ONNX Runtime intra-op threads (0: default)."),
 ) -> None:

@@ -1,9 +1,11 @@
 """Checkpoint -> ONNX with the embedded contract, a TensorRT compatibility report and proven parity.
 
-Steps (each a small function): load and prepare the model -> trace with the dynamo exporter (fallback:
-TorchScript exporter) -> clean (drop unused initializers, optional onnxslim, exact fusion-friendly
-rewrites from ``graph_passes``) -> embed the contract ->
-``onnx.checker`` -> write atomically -> TensorRT report -> parity vs PyTorch on ONNX Runtime (CPU).
+:func:`export_onnx` reads as its steps, each a small function: :class:`ExportOptions` (checked once) ->
+:func:`load_for_export` (the prepared model and its contract) -> :func:`trace` (dynamo exporter, fallback
+TorchScript: :mod:`mmdet_deploy.export.tracing`) -> :func:`clean` (unused initializers, optional onnxslim,
+exact fusion-friendly rewrites from ``graph_passes``) -> :func:`stamp_contract` (contract,
+``onnx.checker``, optional fp16) -> :func:`save_atomic` -> :func:`describe_export` (TensorRT operator
+report) -> :func:`verify` (parity vs PyTorch on ONNX Runtime CPU).
 """
 
 from __future__ import annotations
@@ -18,17 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from mmdet_deploy import __version__
-from mmdet_deploy.contract import HEADS, LOGITS, METADATA_KEY, OUTPUT_NAMES, PRESETS, ModelContract
+from mmdet_deploy.contract import HEADS, LOGITS, PRESETS, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ExportError, UsageError
 from mmdet_deploy.export.graph_passes import gelu_for_fusion
+from mmdet_deploy.export.tracing import FEATURES, example_inputs, model_wrapper, trace_to_onnx
 from mmdet_deploy.export.trt_op_report import format_report, trt_compatibility, write_report
 
 log = logging.getLogger(__name__)
 
-#: Extra output with the pooled (B, C) feature that the head classifies (for INT8 gates).
-FEATURES = "features"
 MIN_OPSET = 17  # LayerNormalization as one node
+EXPORT_PRECISIONS = ("fp32", "fp16")
+EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 @dataclass
@@ -68,91 +71,6 @@ def check_output_path(out: Path) -> None:
         raise ExportError(f"{out}: output folder {parent} is not writable")
 
 
-def _wrapper(model: Any, with_features: bool) -> Any:
-    """A module whose forward takes the contract's inputs positionally and returns the contract's outputs."""
-    torch = require("torch")
-
-    class ClipWrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def outputs(self, feats: Any) -> tuple[Any, ...]:
-            logits = self.model.head(feats)
-            prob = torch.softmax(logits, dim=1)[:, 1]
-            return (logits, prob, feats) if with_features else (logits, prob)
-
-        def forward(self, original: Any, recons: Any) -> tuple[Any, ...]:
-            return self.outputs(self.model.features(original, recons))
-
-    class FusionWrapper(ClipWrapper):
-        def forward(self, original: Any, recons: Any, clip_feature: Any, mm_tokens: Any) -> tuple[Any, ...]:  # type: ignore[override]
-            return self.outputs(self.model.features(original, recons, clip_feature, mm_tokens))
-
-    return (FusionWrapper if model.head_mode == "fusion" else ClipWrapper)().eval()
-
-
-def example_inputs(contract: ModelContract, batch: int, seed: int = 0) -> dict[str, Any]:
-    """Seeded standard-normal float32 inputs for every contract input (numpy)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return {s.name: rng.standard_normal(s.concrete(batch), dtype=np.float32) for s in contract.inputs}
-
-
-def trace_to_onnx(
-    wrapper: Any, contract: ModelContract, tmp: Path, opset: int, exporter: str, with_features: bool = False
-) -> tuple[str, str]:
-    """Export ``wrapper`` to ``tmp``; returns (exporter used, fallback reason or "")."""
-    torch = require("torch")
-    names = list(contract.input_names)
-    outputs = list(OUTPUT_NAMES) + ([FEATURES] if with_features else [])
-    args = tuple(_torch_inputs(contract, 2))
-    reason = ""
-    if exporter in ("auto", "dynamo"):
-        try:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(
-                    wrapper,
-                    args,
-                    dynamo=True,
-                    input_names=names,
-                    output_names=outputs,
-                    opset_version=opset,
-                    dynamic_shapes={n: {0: batch} for n in names},
-                    optimize=True,
-                    verbose=False,
-                )
-                program.save(str(tmp))
-            return "dynamo", ""
-        except Exception as exc:  # the dynamo exporter raises many types; fall back and say why
-            if exporter == "dynamo":
-                raise ExportError(f"the dynamo exporter failed: {type(exc).__name__}: {exc}") from exc
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-            log.warning("dynamo exporter failed (%s); falling back to the TorchScript exporter", reason)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            args,
-            str(tmp),
-            dynamo=False,
-            input_names=names,
-            output_names=outputs,
-            opset_version=opset,
-            dynamic_axes={n: {0: "batch"} for n in names + outputs},
-            do_constant_folding=True,
-        )
-    return "torchscript", reason
-
-
-def _torch_inputs(contract: ModelContract, batch: int) -> list[Any]:
-    torch = require("torch")
-    return [torch.from_numpy(a) for a in example_inputs(contract, batch, seed=1234).values()]
-
-
 def remove_unused_initializers(model: Any) -> int:
     """Drop initializers no node consumes (raw weights replaced by prepared ones); returns how many."""
     used = {name for node in model.graph.node for name in node.input}
@@ -163,25 +81,6 @@ def remove_unused_initializers(model: Any) -> int:
         del model.graph.initializer[:]
         model.graph.initializer.extend(keep)
     return removed
-
-
-def set_contract(model: Any, contract: ModelContract) -> None:
-    """Write the JSON contract (and a readable producer name) into ``metadata_props``."""
-    props = {p.key: p.value for p in model.metadata_props}
-    props[METADATA_KEY] = contract.to_json()
-    props["mmdet_deploy.demo_weights"] = str(contract.demo_weights).lower()
-    del model.metadata_props[:]
-    for key, value in sorted(props.items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.producer_name = "mmdet-deploy"
-    model.producer_version = __version__
-    model.doc_string = (
-        f"MM-Det ({contract.config}, head {contract.head}, {contract.precision}); inputs "
-        f"{', '.join(contract.input_names)} float32 [batch,{contract.frames},3,{contract.image_size},"
-        f"{contract.image_size}] ImageNet-normalised RGB; outputs logits [batch,2] (index 1 = fake), prob_fake"
-        + (" -- DEMO WEIGHTS, predictions are meaningless" if contract.demo_weights else "")
-    )
 
 
 def save_atomic(model: Any, out: Path) -> None:
@@ -208,6 +107,46 @@ def versions() -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """What :func:`export_onnx` builds, checked once when the options are made (:class:`UsageError`).
+
+    ``opset`` >= :data:`MIN_OPSET`; ``precision`` fp32 or fp16 (INT8 comes from ``quantize``); ``exporter``
+    auto (dynamo, falling back to TorchScript), dynamo or torchscript; ``samples`` a folder of real media
+    added to the parity inputs; ``parity_clips`` random clips compared; ``atol`` the logit tolerance
+    (default: the precision's, see :mod:`mmdet_deploy.export.parity_check`).
+    """
+
+    head: str = "simplified"
+    config: str = "base"
+    opset: int = 18
+    simplify: bool = True
+    check: bool = True
+    precision: str = "fp32"
+    preset: str = "faces"
+    samples: Path | None = None
+    with_features: bool = False
+    exporter: str = "auto"
+    parity_clips: int = 2
+    atol: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise UsageError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.opset < MIN_OPSET:
+            raise UsageError(f"opset {self.opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
+        if self.precision not in EXPORT_PRECISIONS:
+            raise UsageError(
+                f"precision {self.precision!r}: export writes fp32 or fp16 ONNX; INT8 comes from `quantize`"
+            )
+        if self.exporter not in EXPORTERS:
+            raise UsageError(f"unknown exporter {self.exporter!r}; choose auto, dynamo or torchscript")
+        if self.samples is not None:
+            object.__setattr__(self, "samples", Path(self.samples))
+
+
 def export_onnx(
     weights: str | Path,
     out: str | Path,
@@ -225,101 +164,123 @@ def export_onnx(
     parity_clips: int = 2,
     atol: float | None = None,
 ) -> ExportResult:
-    """Export ``weights`` to ``out`` (ONNX); see the module docstring for the steps.
+    """Export ``weights`` to ``out`` (ONNX): load, trace, clean, stamp the contract, save, verify.
 
-    Raises :class:`~mmdet_deploy.errors.ParityError` after writing the model and its reports when the
-    ONNX Runtime logits differ from PyTorch's by more than the precision's tolerance (1e-4 for fp32).
+    The keyword arguments are the fields of :class:`ExportOptions`. Raises
+    :class:`~mmdet_deploy.errors.ParityError` after writing the model and its reports when the ONNX Runtime
+    logits differ from PyTorch's by more than the precision's tolerance (1e-4 for fp32).
     """
+    options = ExportOptions(
+        head=head, config=config, opset=opset, simplify=simplify, check=check, precision=precision, preset=preset,
+        samples=Path(samples) if samples is not None else None, with_features=with_features, exporter=exporter,
+        parity_clips=parity_clips, atol=atol,
+    )
+    require("onnx", "ONNX export")
+    out = Path(out)
+    check_output_path(out)
+    start = time.perf_counter()
+    model, contract = load_for_export(weights, options)
+    proto, contract, notes = trace(model, contract, out, options)
+    proto = clean(proto, options, notes)
+    proto, contract = stamp_contract(proto, contract, out, options, notes)
+    save_atomic(proto, out)
+    result = describe_export(out, proto, contract, time.perf_counter() - start, notes)
+    if options.check:
+        verify(model, result, options)
+    return result
+
+
+def load_for_export(weights: str | Path, options: ExportOptions) -> tuple[Any, ModelContract]:
+    """The prepared PyTorch model and the contract it will carry (before tracing fills in the exporter)."""
     from mmdet_deploy.model import load_model
 
-    onnx = require("onnx", "ONNX export")
-    out = Path(out)
-    if head not in HEADS:
-        raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if opset < MIN_OPSET:
-        raise UsageError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
-    if precision not in ("fp32", "fp16"):
-        raise UsageError(f"precision {precision!r}: export writes fp32 or fp16 ONNX; INT8 comes from `quantize`")
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise UsageError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
-    check_output_path(out)
-
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the demo-weights warning is re-issued below, once
-        model = load_model(weights, head=head, config=config)
+        model = load_model(weights, head=options.head, config=options.config)
     info = model.checkpoint_info
     if info.demo:
         log.warning("%s: demo weights; the exported model's predictions are meaningless", weights)
     contract = ModelContract(
-        head=head,
-        preset=preset,
-        config=model.cfg.name,
-        frames=model.cfg.frames,
-        image_size=model.cfg.image_size,
-        precision="fp32",
-        checkpoint_sha256=info.sha256,
-        demo_weights=info.demo,
-        opset=opset,
-        versions=versions(),
-        extra={"checkpoint": Path(weights).name, "with_features": with_features},
-    )
-    wrapper = _wrapper(model, with_features)
+        head=options.head, preset=options.preset, config=model.cfg.name, frames=model.cfg.frames,
+        image_size=model.cfg.image_size, precision="fp32", checkpoint_sha256=info.sha256, demo_weights=info.demo,
+        opset=options.opset, versions=versions(),
+        extra={"checkpoint": Path(weights).name, "with_features": options.with_features},
+    )  # fmt: skip
+    return model, contract
+
+
+def trace(
+    model: Any, contract: ModelContract, out: Path, options: ExportOptions
+) -> tuple[Any, ModelContract, list[str]]:
+    """Trace to an ``onnx.ModelProto``; the contract records the exporter used, the real opset and why a
+    fallback happened. Returns the model, the contract and the notes for the user."""
+    onnx = require("onnx")
+    wrapper = model_wrapper(model, options.with_features)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.trace.onnx")
     notes: list[str] = []
     try:
-        used, reason = trace_to_onnx(wrapper, contract, tmp, opset, exporter, with_features)
+        used, reason = trace_to_onnx(wrapper, contract, tmp, options.opset, options.exporter, options.with_features)
         proto = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
     if reason:
         notes.append(f"dynamo exporter failed ({reason}); the TorchScript exporter produced the file")
-    real_opset = next((imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")), opset)
+    real_opset = next((imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")), options.opset)
+    contract = contract.replace(
+        exporter=used, opset=real_opset, extra={**contract.extra, "exporter_fallback_reason": reason}
+    )
+    return proto, contract, notes
+
+
+def clean(proto: Any, options: ExportOptions, notes: list[str]) -> Any:
+    """Drop unused initializers, run onnxslim (unless ``simplify`` is off) and the exact fusion rewrites."""
     removed = remove_unused_initializers(proto)
     if removed:
         log.info("dropped %d unused initializers", removed)
-    if simplify:
+    if options.simplify:
         proto = _simplify(proto, notes)
     fused = gelu_for_fusion(proto)
     if fused:
         notes.append(f"gelu: {fused} erf-GELU subgraphs put in the operand order ONNX Runtime fuses")
-    contract = contract.replace(
-        exporter=used, opset=real_opset, extra={**contract.extra, "exporter_fallback_reason": reason}
-    )
-    set_contract(proto, contract)
+    return proto
+
+
+def stamp_contract(
+    proto: Any, contract: ModelContract, out: Path, options: ExportOptions, notes: list[str]
+) -> tuple[Any, ModelContract]:
+    """Embed the contract, run ``onnx.checker``, and convert to mixed fp16 when asked."""
+    onnx = require("onnx")
+    contract.to_onnx(proto)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{out}: onnx.checker rejected the exported graph: {exc}") from exc
-    if precision == "fp16":
+    if options.precision == "fp16":
         proto, contract = _to_fp16(proto, contract, out, notes)
-    save_atomic(proto, out)
-    seconds = time.perf_counter() - start
+    return proto, contract
 
-    trt_path, parity_path = artefact_paths(out)
+
+def describe_export(out: Path, proto: Any, contract: ModelContract, seconds: float, notes: list[str]) -> ExportResult:
+    """The TensorRT operator report beside ``out``, and the :class:`ExportResult`."""
+    trt_path, _ = artefact_paths(out)
     report = trt_compatibility(proto)
     write_report(report, trt_path)
     log.info("%s", format_report(report))
-    result = ExportResult(
-        path=out,
-        contract=contract,
-        exporter=used,
-        opset=real_opset,
-        export_seconds=seconds,
-        size_bytes=out.stat().st_size,
-        node_count=len(proto.graph.node),
-        trt_report=report,
-        trt_report_path=trt_path,
+    return ExportResult(
+        path=out, contract=contract, exporter=contract.exporter, opset=contract.opset, export_seconds=seconds,
+        size_bytes=out.stat().st_size, node_count=len(proto.graph.node), trt_report=report, trt_report_path=trt_path,
         notes=notes,
-    )
-    if check:
-        from mmdet_deploy.export.parity_check import check_parity
+    )  # fmt: skip
 
-        result.parity = check_parity(model, out, contract, parity_path, clips=parity_clips, samples=samples, atol=atol)
-        result.parity_path = parity_path
-    return result
+
+def verify(model: Any, result: ExportResult, options: ExportOptions) -> None:
+    """Parity of the written file (ONNX Runtime) against PyTorch; :class:`ParityError` beyond tolerance."""
+    from mmdet_deploy.export.parity_check import check_parity
+
+    _, parity_path = artefact_paths(result.path)
+    result.parity = check_parity(model, result.path, result.contract, parity_path, clips=options.parity_clips,
+                                 samples=options.samples, atol=options.atol)
+    result.parity_path = parity_path
 
 
 def _simplify(proto: Any, notes: list[str]) -> Any:
@@ -355,9 +316,9 @@ def _to_fp16(proto: Any, contract: ModelContract, out: Path, notes: list[str]) -
         src.unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
     contract = contract.replace(precision="fp16")
-    set_contract(converted, contract)
+    contract.to_onnx(converted)
     notes.append("converted to mixed fp16 (fp32 inputs/outputs; norms, softmax and reductions in fp32)")
     return converted, contract
 
 
-__all__ = ["FEATURES", "LOGITS", "ExportResult", "artefact_paths", "example_inputs", "export_onnx"]
+__all__ = ["FEATURES", "LOGITS", "ExportOptions", "ExportResult", "artefact_paths", "example_inputs", "export_onnx"]

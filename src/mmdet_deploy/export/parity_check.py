@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mmdet_deploy.contract import LOGITS, ModelContract
+from mmdet_deploy.contract import LOGITS, ORIGINAL, RECONS, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import MMDetError, ParityError
 from mmdet_deploy.parity import TOLERANCES, compare_logits
@@ -42,7 +42,7 @@ def sample_inputs(
             break
     if not used:
         return {}, []
-    inputs = {"original": np.stack(clips), "recons": np.stack(recons)}
+    inputs = {ORIGINAL: np.stack(clips), RECONS: np.stack(recons)}
     if contract.head == "fusion":  # no multimodal features for real media here: seeded stand-ins
         rng = np.random.default_rng(7)
         for spec in contract.inputs[2:]:
@@ -75,7 +75,7 @@ def check_parity(
     atol: float | None = None,
 ) -> dict[str, Any]:
     """Compare PyTorch fp32 and ONNX Runtime CPU logits; write ``report_path``; raise if out of tolerance."""
-    from mmdet_deploy.export.onnx_export import example_inputs
+    from mmdet_deploy.export.tracing import example_inputs
 
     ort = require("onnxruntime", "parity checking")
     atol_logit, atol_prob = TOLERANCES[contract.precision]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmdet_deploy.contract import HEADS
+from mmdet_deploy.contract import CLIP_FEATURE_DIM, HEADS, MM_TOKEN_DIM, MM_TOKENS
 from mmdet_deploy.errors import UsageError
 from mmdet_deploy.model.cnn import HybridEmbed
 from mmdet_deploy.model.config import MMDetConfig, get_config
@@ -117,7 +117,8 @@ class MMDet(nn.Module):
         if self.head_mode == "fc":
             return tokens[:, :t].mean(dim=1)
         if clip_feature is None or mm_tokens is None:
-            raise UsageError("head 'fusion' needs clip_feature (B, 1024) and mm_tokens (B, 64, 4096)")
+            raise UsageError(f"head 'fusion' needs clip_feature (B, {CLIP_FEATURE_DIM}) and mm_tokens "
+                             f"(B, {MM_TOKENS}, {MM_TOKEN_DIM})")
         fused = torch.cat([tokens[:, :t], self.clip_proj(clip_feature).unsqueeze(1), self.mm_proj(mm_tokens)], dim=1)
         return self.final_fusion(fused)
 

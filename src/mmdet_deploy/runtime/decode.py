@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmdet_deploy.deps import available, require
-from mmdet_deploy.errors import MediaError, UsageError
+from mmdet_deploy.errors import MediaError, UsageError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class PyAVReader(VideoReader):
         try:
             self._container = av.open(str(path), mode="r")
         except self._error_types as exc:
-            raise MediaError(str(path), f"not a readable video container ({_short(exc)})") from None
+            raise MediaError(str(path), f"not a readable video container ({one_line(exc, 200)})") from None
         if not self._container.streams.video:
             kinds = sorted({s.type for s in self._container.streams}) or ["none"]
             self._container.close()
@@ -195,7 +195,7 @@ class PyAVReader(VideoReader):
                 if limit is not None and index >= limit:
                     break
         except self._error_types as exc:
-            return ScanResult(index, False, f"decoding stopped after {index} frames ({_short(exc)})")
+            return ScanResult(index, False, f"decoding stopped after {index} frames ({one_line(exc, 200)})")
         return ScanResult(index, True)
 
     def close(self) -> None:
@@ -253,7 +253,3 @@ def open_video(path: Path, decoder: str = "auto") -> VideoReader:
     return PyAVReader(path) if chosen == "pyav" else OpenCVReader(path)
 
 
-def _short(exc: BaseException) -> str:
-    """One line of an exception's message, without the path FFmpeg errors repeat (the row names the file)."""
-    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())
-    return text[:200] if text else type(exc).__name__

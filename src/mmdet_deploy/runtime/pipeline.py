@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mmdet_deploy.contract import ORIGINAL, PROB_FAKE, RECONS
 from mmdet_deploy.errors import MMDetError, UsageError
 from mmdet_deploy.runtime.backends.base import Backend
 from mmdet_deploy.runtime.discovery import MediaItem
@@ -136,7 +137,7 @@ def run_inference(
     if backend.max_batch is not None:
         batch_size = min(batch_size, backend.max_batch)
     prefetch = prefetch or max(2 * workers, batch_size + workers)
-    run = _Run(preprocessor, backend, writer, batch_size, float(threshold), on_row, contract.input_names)
+    run = _Run(preprocessor, backend, writer, batch_size, float(threshold), on_row)
     run.on_file = on_file
     run.summary.workers, run.summary.batch_size = workers, batch_size
     start = time.perf_counter()
@@ -161,7 +162,6 @@ class _Run:
         batch_size: int,
         threshold: float,
         on_row: Callable[[ResultRow], None] | None,
-        input_names: tuple[str, ...],
     ) -> None:
         self.preprocessor = preprocessor
         self.backend = backend
@@ -169,7 +169,6 @@ class _Run:
         self.batch_size = batch_size
         self.threshold = threshold
         self.on_row = on_row
-        self.input_names = input_names
         self.summary = PipelineStats()
         self.slots: deque[_Slot] = deque()
         self.on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None
@@ -251,15 +250,15 @@ class _Run:
             originals.append(original)
             recons.append(recon)
         batch = {
-            self.input_names[0]: np.concatenate(originals) if len(originals) > 1 else originals[0],
-            self.input_names[1]: np.concatenate(recons) if len(recons) > 1 else recons[0],
+            ORIGINAL: np.concatenate(originals) if len(originals) > 1 else originals[0],
+            RECONS: np.concatenate(recons) if len(recons) > 1 else recons[0],
         }
         t1 = time.perf_counter()
         outputs = self.backend.infer(batch)
         t2 = time.perf_counter()
         self.summary.stage_s["preprocess"] += t1 - t0
         self.summary.stage_s["inference"] += t2 - t1
-        probs = np.asarray(outputs["prob_fake"], dtype=np.float64).reshape(-1)
+        probs = np.asarray(outputs[PROB_FAKE], dtype=np.float64).reshape(-1)
         total = sum(stop - start for _, start, stop in parts)
         if probs.shape[0] != total:
             raise MMDetError(f"{self.backend.name}: {probs.shape[0]} probabilities for a batch of {total} clips")

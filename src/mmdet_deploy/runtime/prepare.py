@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mmdet_deploy.errors import MMDetError
+from mmdet_deploy.errors import MMDetError, one_line
 from mmdet_deploy.runtime.discovery import MediaItem
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.results import ERROR, NO_FACE, OK, SKIPPED, ResultRow
@@ -55,7 +55,7 @@ def prepare_file(preprocessor: Preprocessor, item: MediaItem) -> PreparedFile | 
         reason = getattr(exc, "reason", None) or str(exc)
     except Exception as exc:
         logger.warning("unexpected failure on %s", item.path, exc_info=True)
-        reason = f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        reason = f"unexpected {type(exc).__name__}: {one_line(exc, 200)}"
     return ResultRow(item.name, status=ERROR, reason=reason or "unknown error", kind=item.kind,
                      seconds=time.perf_counter() - t0)
 

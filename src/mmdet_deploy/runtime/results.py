@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mmdet_deploy.errors import UsageError
@@ -235,11 +235,6 @@ def write_predictions(out_dir: Path, rows: Iterable[ResultRow], error_label: int
     path = Path(out_dir) / PREDICTIONS_NAME
     atomic_write_text(path, "".join(lines))
     return path
-
-
-def row_as_dict(row: ResultRow) -> dict[str, object]:
-    """A result row as a plain dict (for JSON summaries and tests)."""
-    return asdict(row)
 
 
 MANIFEST_NAME = "run.json"

@@ -69,7 +69,7 @@ class EngineSidecar:
 
     def model_contract(self, source: str = "engine sidecar") -> ModelContract:
         """The model contract recorded at build time."""
-        return ModelContract.from_dict(self.contract, source)
+        return ModelContract.from_sidecar(self, source)
 
 
 def sidecar_path(engine: str | Path) -> Path:

@@ -91,7 +91,7 @@ def read_onnx_facts(onnx_path: Path) -> tuple[ModelContract, str]:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ExportError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
-    contract = ModelContract.from_metadata({p.key: p.value for p in model.metadata_props}, str(onnx_path))
+    contract = ModelContract.from_onnx(model, str(onnx_path))
     return contract, onnx_precision(model)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from mmdet_deploy.contract import LOGITS, PROB_FAKE, ModelContract
 from mmdet_deploy.deps import require
-from mmdet_deploy.errors import BackendError, ContractError, UsageError
+from mmdet_deploy.errors import BackendError, ContractError, UsageError, one_line
 from mmdet_deploy.runtime.backends.base import Backend
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _load_error(path: Path, exc: Exception) -> Exception:
-        text = " ".join(str(exc).split())[:300]
+        text = one_line(exc)
         kind = type(exc).__name__
         if kind in ("InvalidProtobuf", "InvalidGraph", "NoSuchFile") or "protobuf" in text.lower():
             return ContractError(f"{path}: not a valid ONNX model ({text})")
@@ -214,7 +214,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             values = self.session.run(self._output_names, {name: inputs[name] for name in self._input_names})
         except Exception as exc:  # out of memory, a provider failure...: one clear line, not a pybind trace
-            text = " ".join(str(exc).split())[:300]
+            text = one_line(exc)
             raise BackendError(f"{self.model_path}: inference failed ({type(exc).__name__}: {text})") from exc
         return dict(zip(self._output_names, values, strict=True))
 
