@@ -1,0 +1,76 @@
+"""The faces preset's per-frame face records (what faces.csv is written from), batching through the
+Preprocessor, and bad input: slivers of images, frames without faces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmdet_deploy.contract import ModelContract
+from mmdet_deploy.runtime import faces, transforms
+from mmdet_deploy.runtime.faces import FaceFinder, FaceRecord
+from mmdet_deploy.runtime.preprocess import Preprocessor
+from runtime_fixtures import astronaut, face_frames, write_index_video, write_video
+
+CONTRACT = ModelContract(config="tiny")
+
+
+def test_a_video_gets_one_record_per_sampled_frame_from_one_batched_chain_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = write_video(tmp_path / "face.mp4", face_frames(20), fps=10)
+    calls: list[list[int]] = []
+    original = FaceFinder.records
+
+    def spy(self: FaceFinder, frames: list[np.ndarray], indices: list[int]) -> list[FaceRecord]:
+        calls.append(list(indices))
+        return original(self, frames, indices)
+
+    monkeypatch.setattr(FaceFinder, "records", spy)
+    item = Preprocessor(CONTRACT, "faces")(video)  # the default chain
+    expected = sorted(set(np.linspace(0, 19, 10, dtype=int).tolist()))
+    assert calls == [expected]  # every sampled frame in one call
+    assert [r.frame for r in item.face_records] == expected
+    assert all(r.detector == "blazeface-full" and r.box is not None for r in item.face_records)
+    assert item.detector == "blazeface-full" and item.frames_without_face == 0
+    for record in item.face_records:
+        assert record.box is not None and 0 <= record.box.x0 < record.box.x1 <= 320 and 0 < (record.score or 0) <= 1
+
+
+def test_records_hold_the_box_before_the_margin_and_crops_use_it(tmp_path: Path) -> None:
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut()).save(path)
+    pre = Preprocessor(CONTRACT, "faces", chain="seed")
+    item = pre(path)
+    (record,) = item.face_records
+    assert record.frame == 0 and record.detector == "blazeface-short" and pre.faces is not None
+    box, detector = pre.faces.find(astronaut())
+    assert record.box == box and detector == "blazeface-short"
+    crop = faces.expand_box(box, 512, 512)
+    assert crop is not None
+    expected = transforms.resize_square(transforms.crop(astronaut(), crop), 224)
+    np.testing.assert_array_equal(item.originals[0, 0], expected)  # the crop is the record's box + 30 %
+
+
+def test_frames_without_a_face_have_empty_records(tmp_path: Path) -> None:
+    video = write_index_video(tmp_path / "v.mp4", 12, fps=10)
+    item = Preprocessor(CONTRACT, "faces")(video)
+    assert len(item.face_records) == 10 and all(r.detector is None and r.box is None for r in item.face_records)
+    assert item.no_face and item.frames_without_face == 10
+
+
+@pytest.mark.parametrize("size", [(1, 300), (300, 1), (1, 1)])
+def test_one_pixel_images_are_scored_without_a_face(tmp_path: Path, size: tuple[int, int]) -> None:
+    path = tmp_path / "sliver.png"
+    Image.fromarray(np.full((size[1], size[0], 3), 200, np.uint8)).save(path)
+    item = Preprocessor(CONTRACT, "faces")(path)
+    assert item.no_face and item.face_records == [FaceRecord(0)]
+    assert item.originals.shape == (1, 10, 224, 224, 3) and np.all(item.originals == 200)
+
+
+def test_frames_preset_keeps_no_records(tmp_path: Path) -> None:
+    video = write_index_video(tmp_path / "v.mp4", 12, fps=10)
+    assert Preprocessor(CONTRACT, "frames")(video).face_records == []
