@@ -221,7 +221,10 @@ def test_explicit_unavailable_detectors_are_refused() -> None:
 
 def test_no_detector_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(faces, "unavailable_reason", lambda name, *a: "missing here")
-    with pytest.raises(MissingDependencyError, match="--preset frames"):
+    with pytest.raises(MissingDependencyError, match="face detector 'blazeface-full': missing here"):
+        FaceFinder()  # the bundled BlazeFace is never skipped silently
+    monkeypatch.setitem(faces.CHAINS, "default", ("dlib", "haar"))
+    with pytest.raises(MissingDependencyError, match="no face detector is available.*--preset frames"):
         FaceFinder()
 
 
