@@ -92,3 +92,9 @@ def test_the_chain_refuses_to_start_without_its_packaged_model(tmp_path: Path, m
     (tmp_path / "blazeface_short_range.onnx").write_bytes(b"garbage")
     with pytest.raises(MissingDependencyError, match="blazeface_short_range.onnx: not a loadable"):
         FaceFinder(chain="seed")
+
+
+def test_the_chain_passes_the_models_providers_to_blazeface_but_not_tensorrt() -> None:
+    finder = FaceFinder(["blazeface-full", "haar"], providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    detector = finder._detectors()[0]
+    assert detector.name == "blazeface-full" and detector.model.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import statistics
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -80,16 +81,18 @@ def end_to_end(settings: FaceBenchSettings, progress: Callable[[str], None]) -> 
             config = RunConfig(files[0].parent, model, work / f"run-{label.replace(':', '').replace(' ', '-')}",
                                overwrite=True, workers=settings.workers, batch_size=settings.batch_size,
                                detect_size=settings.detect_size, **options)  # fmt: skip
-            summary = run_folder(config)
-            stats = summary.stats
-            runs[label].append({"files_per_s": stats.files_per_s, "wall_s": stats.wall_s,
+            c0 = time.process_time()
+            stats = run_folder(config).stats
+            cpu_s = time.process_time() - c0
+            runs[label].append({"files_per_s": stats.files_per_s, "wall_s": stats.wall_s, "cpu_s": cpu_s,
                                 "stage_s": {k: round(v, 3) for k, v in stats.stage_s.items()},
                                 "counts": dict(stats.counts)})  # fmt: skip
-    table = {label: {"files_per_s": statistics.mean(r["files_per_s"] for r in rs), "runs": rs}
-             for label, rs in runs.items()}  # fmt: skip
-    before = table["before: haar"]["files_per_s"]
+    table = {label: {"files_per_s": statistics.mean(r["files_per_s"] for r in rs),
+                     "cpu_s": statistics.mean(r["cpu_s"] for r in rs), "runs": rs} for label, rs in runs.items()}
+    before = table["before: haar"]
     for row in table.values():
-        row["speedup_vs_before"] = row["files_per_s"] / before if before else None
+        row["speedup_vs_before"] = row["files_per_s"] / before["files_per_s"] if before["files_per_s"] else None
+        row["cpu_ratio_vs_before"] = before["cpu_s"] / row["cpu_s"] if row["cpu_s"] else None
     return {"media": media_summary(files), "model": str(model), "workers": settings.workers,
             "batch_size": settings.batch_size, "variants": table}  # fmt: skip
 
@@ -122,14 +125,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"## Detectors and chains ({len(acc['photos'])} labelled photos, {len(acc['no_people'])} without "
               "people, 10 clip frames)", "",
               "| detector / chain | right face | false faces (no-people photos) | clip frames with a face | "
-              "ms per 720p frame |", "|---|---|---|---|---|"]  # fmt: skip
+              "ms per 720p frame (wall) | CPU ms per 720p frame |", "|---|---|---|---|---|---|"]  # fmt: skip
     for name, row in acc["rows"].items():
         if "unavailable" in row:
-            lines.append(f"| {name} | unavailable: {row['unavailable']} | | | |")
+            lines.append(f"| {name} | unavailable: {row['unavailable']} | | | | |")
             continue
         lines.append(f"| {name} ({', '.join(row['detectors'])}) | {row['right_faces']}/{row['photos']} | "
                      f"{row['false_faces']}/{row['no_people_photos']} | {row['clip_frames_with_face']}/"
-                     f"{row['clip_frames']} | {row['ms_per_720p_frame']:.1f} |")  # fmt: skip
+                     f"{row['clip_frames']} | {row['ms_per_720p_frame']:.1f} | "
+                     f"{row['cpu_ms_per_720p_frame']:.1f} |")  # fmt: skip
     lines += ["", "Wrong or missed photos: " + "; ".join(
         f"{name}: {', '.join(row['wrong']) or 'none'}" for name, row in acc["rows"].items() if "wrong" in row)]
     e2e = report.get("e2e")
@@ -137,13 +141,15 @@ def markdown(report: dict[str, Any]) -> str:
         media = e2e["media"]
         lines += ["", f"## End to end: faces preset, tiny model, {media['files']} generated {media['resolution']} "
                   f"files ({media['videos']} videos, {media['images']} images), {e2e['workers']} workers, batch "
-                  f"{e2e['batch_size']}", "", "| chain | files/s (mean) | x before | runs (files/s; busy s: face "
-                  "detection, decode, inference; wall s) |", "|---|---|---|---|"]  # fmt: skip
+                  f"{e2e['batch_size']}", "", "| chain | files/s (mean) | x before | CPU s per run (mean) | "
+                  "x less CPU | runs (files/s; busy s: face detection, decode, inference; wall s) |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for label, row in e2e["variants"].items():
             runs = "; ".join(f"{r['files_per_s']:.3f} ({r['stage_s']['face_detection']:.2f}, "
                              f"{r['stage_s']['decode']:.2f}, {r['stage_s']['inference']:.2f}; {r['wall_s']:.2f})"
                              for r in row["runs"])  # fmt: skip
-            lines.append(f"| {label} | {row['files_per_s']:.3f} | {row['speedup_vs_before']:.2f} | {runs} |")
+            lines.append(f"| {label} | {row['files_per_s']:.3f} | {row['speedup_vs_before']:.2f} | "
+                         f"{row['cpu_s']:.1f} | {row['cpu_ratio_vs_before']:.2f} | {runs} |")
     machine = report["machine"]
     loads = {k.replace("load_average", "load").replace("_", " "): v for k, v in machine.items() if "load" in k}
     lines += ["", "## Method", "", f"Machine: {machine['cpus']} CPUs ({machine['processor']}); load averages (1, 5, "

@@ -26,6 +26,7 @@ given; they can reach past its border (MediaPipe does not clip them).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import numpy as np
 
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import MissingDependencyError, UsageError
+
+logger = logging.getLogger(__name__)
 
 #: Folder of the packaged ONNX models, their licence and NOTICE.
 MODELS_DIR = Path(__file__).resolve().parent / "face_models"
@@ -210,7 +213,10 @@ class BlazeFace:
         self.anchors = ssd_anchors(self.spec)
         self.session = _open_session(self.path, self.spec, providers, intra_op_threads)
         self.providers: list[str] = list(self.session.get_providers())
-
+        if providers and self.providers[0] != list(providers)[0]:
+            # The GPU build of ORT falls back to the CPU silently; a face detector may, but it should say so.
+            logger.warning("%s: BlazeFace runs on %s, not on the requested %s", self.path.name, self.providers[0],
+                           list(providers)[0])
     def detect_batch(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Faces of each RGB uint8 frame: one ``(K, 5)`` float64 array (x0, y0, x1, y1, score) per frame."""
         if not frames:
