@@ -74,3 +74,31 @@ def test_one_pixel_images_are_scored_without_a_face(tmp_path: Path, size: tuple[
 def test_frames_preset_keeps_no_records(tmp_path: Path) -> None:
     video = write_index_video(tmp_path / "v.mp4", 12, fps=10)
     assert Preprocessor(CONTRACT, "frames")(video).face_records == []
+
+
+def test_real_faces_cut_by_the_border_or_larger_than_the_frame(tmp_path: Path) -> None:
+    photo = astronaut()
+    cut = np.ascontiguousarray(photo[:, 200:])  # the face's left half is outside the frame
+    close = np.ascontiguousarray(photo[95:165, 185:265])  # eyes to mouth only: the face exceeds the frame
+    Image.fromarray(cut).save(tmp_path / "cut.png")
+    Image.fromarray(close).resize((320, 280)).save(tmp_path / "close.png")
+    seed = Preprocessor(CONTRACT, "faces", chain="seed")
+    (record,) = seed(tmp_path / "cut.png").face_records
+    assert record.detector == "blazeface-short" and record.box is not None
+    assert record.box.x0 == 0.0 and 60 < record.box.x1 < 100  # clipped at the left border
+    (record,) = seed(tmp_path / "close.png").face_records
+    assert record.box is not None and record.xywh() == (0.0, 0.0, 320.0, 280.0)  # larger than the frame: all of it
+    pytest.importorskip("dlib")
+    default = Preprocessor(CONTRACT, "faces")
+    (record,) = default(tmp_path / "cut.png").face_records  # BlazeFace full-range misses it, dlib does not
+    assert record.detector == "dlib" and record.box is not None and record.box.x0 == 0.0
+    item = default(tmp_path / "close.png")
+    assert item.face_records == [FaceRecord(0)] and item.no_face  # nothing recognisable: the whole frame is used
+    assert item.originals.shape == (1, 10, 224, 224, 3)
+
+
+def test_a_corrupt_yunet_model_is_an_error_at_start_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "yunet.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(faces.MissingDependencyError, match="yunet.onnx: OpenCV could not load this YuNet model"):
+        FaceFinder(["yunet"], yunet_model=bad)
