@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mmdet_deploy.contract import ModelContract
-from mmdet_deploy.runtime import faces, transforms
+from mmdet_deploy.runtime import faces, frame_sampling
 from mmdet_deploy.runtime.faces import FaceFinder, FaceRecord
 from mmdet_deploy.runtime.preprocess import Preprocessor
 from runtime_fixtures import astronaut, face_frames, write_index_video, write_video
@@ -51,7 +51,7 @@ def test_records_hold_the_box_before_the_margin_and_crops_use_it(tmp_path: Path)
     assert record.box == box and detector == "blazeface-short"
     crop = faces.expand_box(box, 512, 512)
     assert crop is not None
-    expected = transforms.resize_square(transforms.crop(astronaut(), crop), 224)
+    expected = frame_sampling.resize_square(frame_sampling.crop(astronaut(), crop), 224)
     np.testing.assert_array_equal(item.originals[0, 0], expected)  # the crop is the record's box + 30 %
 
 

@@ -17,7 +17,7 @@ Accuracy (per detector and per chain, each run exactly as the ``faces`` preset r
   passes: wall time on this machine as loaded (the load average is recorded), and the process's CPU time
   (``time.process_time``, all threads), which the load of other processes hardly changes.
 
-End to end: ``run_folder`` on the benchmark's generated 720p media (``benchmarks.media``) with the tiny
+End to end: ``run_folder`` on the benchmark's generated 720p media (``benchmarks.synthetic_media``) with the tiny
 model, once per chain and repeat, interleaved; files/s and busy seconds per stage.
 """
 
@@ -113,7 +113,7 @@ def load_photos(real_media: Path, labels: Path = LABELS) -> tuple[list[Photo], l
 def clip_frames(path: Path, frames: int = 10, max_seconds: float = 10.0) -> list[tuple[int, np.ndarray]]:
     """The frames the faces preset samples from a video (``np.linspace`` over the first 10 s), decoded exactly."""
     from mmdet_deploy.runtime.decode import open_video
-    from mmdet_deploy.runtime.transforms import sample_indices
+    from mmdet_deploy.runtime.frame_sampling import sample_indices
 
     with open_video(path, "auto") as reader:
         limit = max(1, int((reader.fps or 30.0) * max_seconds))

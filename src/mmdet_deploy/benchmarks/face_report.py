@@ -66,8 +66,8 @@ def tiny_model(cache: Path) -> Path:
 
 def end_to_end(settings: FaceBenchSettings, progress: Callable[[str], None]) -> dict[str, Any]:
     """``run_folder`` over the generated 720p media once per variant and repeat, interleaved."""
-    from mmdet_deploy.benchmarks.media import MediaSpec, generate_media, media_summary
     from mmdet_deploy.benchmarks.suite import scratch_dir
+    from mmdet_deploy.benchmarks.synthetic_media import MediaSpec, generate_media, media_summary
     from mmdet_deploy.runtime import RunConfig, run_folder
 
     work = scratch_dir(settings.out / "work")
