@@ -9,7 +9,7 @@
 * ``haar``: OpenCV's frontal-face Haar cascade (bundled with opencv < 5).
 * ``yunet``: ``cv2.FaceDetectorYN`` given its ONNX file (``yunet_model``); no package ships it.
 
-Every detector returns :class:`FaceBox` es in pixels of the image it was given. ``score`` is the detector's
+Every detector returns a list of :class:`FaceBox` in pixels of the image it was given. ``score`` is the detector's
 own confidence: a probability for BlazeFace, MediaPipe and YuNet, the HOG SVM margin for dlib (> 0 is a
 face), None for Haar (it has none). Detectors marked ``thread_safe`` (ONNX Runtime sessions) are shared by
 all worker threads; the others (OpenCV cascades, dlib, MediaPipe graphs) are created once per thread.
