@@ -9,10 +9,11 @@
 * ``haar``: OpenCV's frontal-face Haar cascade (bundled with opencv < 5).
 * ``yunet``: ``cv2.FaceDetectorYN`` given its ONNX file (``yunet_model``); no package ships it.
 
-Every detector returns a list of :class:`FaceBox` in pixels of the image it was given. ``score`` is the detector's
-own confidence: a probability for BlazeFace, MediaPipe and YuNet, the HOG SVM margin for dlib (> 0 is a
-face), None for Haar (it has none). Detectors marked ``thread_safe`` (ONNX Runtime sessions) are shared by
-all worker threads; the others (OpenCV cascades, dlib, MediaPipe graphs) are created once per thread.
+Every detector returns a list of :class:`FaceBox` in pixels of the image it was given. ``score`` is the
+detector's confidence in [0, 1] (BlazeFace, MediaPipe, YuNet), None for Haar and dlib (dlib's HOG gives an
+unbounded SVM margin, not a confidence, so ``faces.csv`` leaves it empty like Haar's). Detectors marked
+``thread_safe`` (ONNX Runtime sessions) are shared by all worker threads; the others (OpenCV cascades, dlib,
+MediaPipe graphs) are created once per thread.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ DLIB_WIDTH = 320
 class FaceBox:
     """A detected face in pixel coordinates of the image it was found in (x1, y1 exclusive).
 
-    ``score`` is the detector's confidence (see the module docstring), None when it gives none.
+    ``score`` is the detector's confidence in [0, 1], None for detectors that give none (Haar, dlib HOG).
     """
 
     x0: float
@@ -128,11 +129,9 @@ class DlibDetector(FaceDetector):
         height, width = rgb.shape[:2]
         scale = DLIB_WIDTH / width
         small = cv2.resize(rgb, (DLIB_WIDTH, max(1, round(height * scale))))  # bilinear, as the seed
-        rects, scores, _ = self._detector.run(np.ascontiguousarray(small), 1, 0.0)
-        return [
-            FaceBox(r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale, float(s))
-            for r, s in zip(rects, scores, strict=True)
-        ]
+        rects = self._detector(np.ascontiguousarray(small), 1)
+        return [FaceBox(r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale)
+                for r in rects]  # fmt: skip
 
 
 class MediaPipeDetector(FaceDetector):
