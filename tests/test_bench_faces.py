@@ -97,6 +97,7 @@ def test_faces_benchmark_writes_its_report(tmp_path: Path, monkeypatch: pytest.M
     assert set(variants) == {"before: haar", "chain default", "chain seed"}
     for row in variants.values():
         assert row["runs"][0]["counts"]["ok"] == 2 and row["files_per_s"] > 0  # 1 video + 1 image, faces found
+        assert row["preprocess_only"]["cpu_s"] > 0 and row["preprocess_only"]["stage_s"]["face_detection"] > 0
     assert variants["before: haar"]["speedup_vs_before"] == 1.0
     assert [t["status"] in ("met", "not met") for t in report["targets"]] == [True] * 5
     text = (out / "report.md").read_text()
