@@ -51,7 +51,7 @@ def test_quick_tiny_run_writes_a_complete_report(tmp_path: Path) -> None:
     e2e = report["e2e"]
     assert e2e["pipeline"]["counts"]["ok"] + e2e["pipeline"]["counts"]["no_face"] == e2e["media"]["files"] == 3
     assert e2e["pipeline"]["counts"]["skipped"] == 0 and e2e["seed"]["errors"] == {}
-    assert e2e["seed"]["face_detections"].get("haar", 0) > 0  # synthetic faces make the seed's detector fire
+    assert any(v for k, v in e2e["seed"]["face_detections"].items() if k != "none")  # synthetic faces are found
     assert e2e["speedup_vs_seed"] == pytest.approx(e2e["pipeline"]["files_per_s"] / e2e["seed"]["files_per_s"])
     assert 0 < e2e["overlap_efficiency"]
     for stage in ("decode", "face_detection", "preprocess", "inference", "writing"):

@@ -65,8 +65,8 @@ def bad_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 EXPECTED_BAD = {
-    "astronaut photo é.png": ("ok", "", "haar"),
-    "faces 人.mp4": ("ok", "", "haar"),
+    "astronaut photo é.png": ("ok", "", "blazeface-full"),
+    "faces 人.mp4": ("ok", "", "blazeface-full"),
     "zero.mp4": ("error", "empty file", ""),
     "noise.mp4": ("error", "not a readable video", ""),
     "truncated.mp4": ("error", "not a readable video", ""),

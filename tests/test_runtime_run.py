@@ -173,7 +173,7 @@ def test_results_sink_needs_start_and_keeps_predictions_in_step(tmp_path: Path) 
     with pytest.raises(RuntimeError, match="start"):
         sink.write(ResultRow("a.png", label=1, prob_fake=0.9))
     settings = {key: None for key in ("checkpoint_sha256", "head", "config", "precision", "preset", "threshold",
-                                      "frames", "image_size", "max_windows", "face_detectors")}
+                                      "frames", "image_size", "max_windows", "face_detectors", "face_chain")}
     with sink.start(settings):
         sink.write(ResultRow("a.png", label=1, prob_fake=0.9))
         sink.write(ResultRow("b.mp4", status="error", reason="empty file", kind="video"))

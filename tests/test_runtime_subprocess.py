@@ -60,7 +60,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path: Path) -> None:
     names = [r.filename for r in after]
     assert len(names) == 40 and len(set(names)) == 40 and "img 99.png" not in names
     assert after[: len(before)] == before  # earlier rows untouched
-    assert all(r.status == "ok" and r.detector == "haar" for r in after)
+    assert all(r.status == "ok" and r.detector == "blazeface-full" for r in after)  # the default chain
     predictions = (out / "predictions.csv").read_text(encoding="utf-8").splitlines()
     assert predictions[0] == "filename,label" and len(predictions) == 41
 
@@ -105,4 +105,4 @@ print(json.dumps({{"code": code, "heavy": heavy}}))
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report == {"code": 0, "heavy": []}
     rows = load_results(out / "results.csv")
-    assert [r.filename for r in rows] == ["clip.mp4", "face.png"] and rows[1].detector == "haar"
+    assert [r.filename for r in rows] == ["clip.mp4", "face.png"] and rows[1].detector == "blazeface-full"

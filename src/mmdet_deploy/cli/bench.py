@@ -2,7 +2,8 @@
 
 ``mmdet-bench --out DIR ...`` is a thin layer over :func:`mmdet_deploy.benchmarks.suite.run_benchmark`;
 ``mmdet-bench int8 --fp32 M.onnx --int8 M.int8.onnx --calib DIR`` over
-:func:`mmdet_deploy.benchmarks.int8.int8_benchmark`.
+:func:`mmdet_deploy.benchmarks.int8.int8_benchmark`;
+``mmdet-bench faces --out DIR`` over :func:`mmdet_deploy.benchmarks.face_report.run_faces_benchmark`.
 """
 
 from __future__ import annotations
@@ -141,6 +142,39 @@ def int8(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
+
+
+@app.command("faces")
+@user_errors
+def faces(
+    out: Path = typer.Option(..., "--out", help="Folder for report.md and report.json (generated media, model "
+                             "and runs go under it, git-ignored)."),
+    real_media: Path = typer.Option(None, "--real-media", help="real-media folder; default $MMDET_REAL_MEDIA or "
+                                    "../shared/data/real-media beside the repository."),
+    model: Path = typer.Option(None, "--model", help="Tiny-model ONNX for the end-to-end part; default: exported "
+                               "from seeded demo weights into OUT/artefacts (needs the export extra)."),
+    labels: Path = typer.Option(None, "--labels", help="Hand-labelled photos (JSON); default "
+                                "benchmarks/face_labels.json."),
+    repeats: int = typer.Option(5, min=1, help="Timed passes over the 10 clip frames per detector."),
+    e2e_repeats: int = typer.Option(2, "--e2e-repeats", min=1, help="End-to-end runs per chain (interleaved)."),
+    e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="Also run the faces preset end to end."),
+    videos: int = typer.Option(6, min=1, help="Generated 720p videos of the end-to-end part."),
+    images: int = typer.Option(2, min=0, help="Generated 720p images of the end-to-end part."),
+    workers: int = typer.Option(2, min=1, help="Preprocessing threads of the end-to-end part."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Face detectors and chains on real photos and a real clip, and the faces preset end to end."""
+    setup_logging(verbose=verbose)
+    from mmdet_deploy.benchmarks.face_bench import LABELS
+    from mmdet_deploy.benchmarks.face_report import FaceBenchSettings, run_faces_benchmark
+
+    settings = FaceBenchSettings(out=out, real_media=real_media, model=model, repeats=repeats,
+                                 e2e_repeats=e2e_repeats, e2e=e2e, videos=videos, images=images, workers=workers,
+                                 labels=labels or LABELS)
+    report = run_faces_benchmark(settings, progress=lambda msg: typer.echo(msg, err=True))
+    for target in report["targets"]:
+        typer.echo(f"{target['status']:8s} {target['target']}: {target['measured']}")
+    typer.echo(f"report: {out / 'report.md'} (and report.json)")
 
 
 def main() -> None:

@@ -31,8 +31,10 @@ HELP = {
     "preset": "faces (seed: face crops) or frames (official: centre crops). Default: the model's contract.",
     "workers": "Threads that decode and crop ahead of inference.",
     "max_windows": "frames preset: score at most N windows (of 10 frames) per video.",
-    "face_detectors": "faces preset: detectors in order, e.g. mediapipe,dlib,haar,yunet. "
-    "Default: every available one, in that order.",
+    "face_chain": "faces preset: default (BlazeFace full-range, dlib, Haar) or seed (the notebook's: BlazeFace "
+    "short-range, dlib, Haar). Detectors not installed are skipped.",
+    "face_detectors": "faces preset: detectors in order instead of a chain, e.g. blazeface-full,dlib,haar; also "
+    "blazeface-short, mediapipe, yunet. All must be available.",
     "detect_size": "faces preset: longer side, in pixels, of the frame copy that detectors see.",
     "error_label": "Label written to predictions.csv for files that failed (default: they are left out).",
     "threshold": "Label 1 when prob_fake >= this. Default: the model's contract.",
@@ -57,6 +59,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of an earlier run in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary; warnings and errors only."),
     max_windows: int | None = typer.Option(None, "--max-windows", min=1, help=HELP["max_windows"]),
+    face_chain: str | None = typer.Option(None, "--face-chain", help=HELP["face_chain"]),
     face_detectors: str | None = typer.Option(None, "--face-detectors", help=HELP["face_detectors"]),
     yunet_model: Path | None = typer.Option(None, "--yunet-model", help="YuNet .onnx for cv2.FaceDetectorYN."),
     mediapipe_model: Path | None = typer.Option(None, "--mediapipe-model", help="BlazeFace .tflite (Tasks API)."),
@@ -80,6 +83,7 @@ def run(
     config = RunConfig(
         input_path, model, out, preset=preset, backend=backend, device=device, batch_size=batch_size,
         workers=workers, resume=resume, overwrite=overwrite, max_windows=max_windows, face_detectors=face_detectors,
+        face_chain=face_chain,
         yunet_model=yunet_model, mediapipe_model=mediapipe_model, detect_size=detect_size, error_label=error_label,
         threshold=threshold, providers=providers, threads=threads, trt_fp16=trt_fp16, trt_cache=trt_cache,
         decoder=decoder, save_crops=save_crops, report=report,

@@ -1,67 +1,90 @@
-"""Face detection for the ``faces`` preset: a chain of detectors, each used only when it is available.
+"""Face crops for the ``faces`` preset: a chain of detectors, batched over the sampled frames of a file.
 
 For every frame the detectors are tried in chain order and the first one that finds a face wins; the largest
-face it found (by box area) is kept. Detection runs on a copy of the frame downscaled so that its longer side
-is at most ``detect_max_side`` pixels, and boxes are mapped back to full resolution, so the crop itself keeps
-every source pixel.
+face it found (by box area) is kept, clipped to the frame, and grown by :data:`BOX_SCALE` into the crop.
+Detection runs on a copy of the frame downscaled so that its longer side is at most ``detect_max_side``
+pixels, and boxes are mapped back to full resolution, so the crop itself keeps every source pixel.
 
-Detectors (the seed's order, then YuNet):
+Chains (``--face-chain``; ``--face-detectors`` names its own list and overrides both):
 
-* ``mediapipe``: BlazeFace. The legacy ``mp.solutions`` API (mediapipe <= 0.10.21, models bundled), or the
-  Tasks API when ``mediapipe_model`` names a ``.tflite`` file (newer mediapipe ships no model).
-* ``dlib``: the HOG frontal-face detector (no model file needed).
-* ``haar``: OpenCV's frontal-face Haar cascade (bundled with opencv < 5).
-* ``yunet``: ``cv2.FaceDetectorYN`` given its ONNX file (``yunet_model``); no package ships it.
+* ``default``: ``blazeface-full``, ``dlib``, ``haar``, the most accurate order measured on real photos
+  (``benchmarks/results/faces/``): BlazeFace full-range finds the small faces of group photos that the
+  short-range model misses; dlib and Haar only see frames on which it found nothing.
+* ``seed``: ``blazeface-short``, ``dlib``, ``haar``, the notebook's order (MediaPipe short-range, dlib,
+  Haar), with the bundled BlazeFace short-range model standing in for MediaPipe (the same boxes, measured
+  in ``scripts/blazeface_parity.py``).
 
-Detector objects are not thread-safe (MediaPipe graphs, OpenCV cascades), so each worker thread gets its own.
+In a chain, a detector that is not installed (dlib without the ``faces`` extra) is skipped and the log says
+so; detectors named with ``--face-detectors`` must all be available. Every frame gets a :class:`FaceRecord`:
+the detector that found the chosen face, and the box before the margin, in original-frame pixels.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
-from mmdet_deploy.deps import available, install_hint, require
 from mmdet_deploy.errors import MissingDependencyError, UsageError
+from mmdet_deploy.runtime.face_detectors import (  # noqa: F401  (re-exported: the public face API lives here)
+    DETECTORS,
+    BlazeFaceDetector,
+    DlibDetector,
+    FaceBox,
+    FaceDetector,
+    HaarDetector,
+    MediaPipeDetector,
+    YuNetDetector,
+    create_detector,
+    haar_path,
+    mediapipe_unavailable_reason,
+    unavailable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
-DETECTORS = ("mediapipe", "dlib", "haar", "yunet")
 #: How much the detected box is enlarged (1.3 = the seed's +30 %, FaceForensics++'s 1.3x).
 BOX_SCALE = 1.3
 #: Longer side, in pixels, of the downscaled copy that detectors see.
 DETECT_MAX_SIDE = 640
-HAAR_FILE = "haarcascade_frontalface_default.xml"
+#: Frames whose shorter side is below this (pixels) hold no detectable face; no detector runs on them.
+MIN_DETECT_SIDE = 16
+#: Named detector chains, in the order their detectors are tried.
+CHAINS: dict[str, tuple[str, ...]] = {
+    "default": ("blazeface-full", "dlib", "haar"),
+    "seed": ("blazeface-short", "dlib", "haar"),
+}
+#: The chain name reported when ``--face-detectors`` gives the list.
+CUSTOM_CHAIN = "custom"
 
 
 @dataclass(frozen=True)
-class FaceBox:
-    """A detected face in pixel coordinates of the image it was found in (x1, y1 exclusive).
+class FaceRecord:
+    """The face decision for one sampled frame (one row of ``faces.csv``).
 
-    ``score`` is the detector's confidence in [0, 1], None for detectors that give none (Haar, dlib HOG).
+    ``frame`` is the frame's index in the video (0 for an image); ``detector`` the detector that found the
+    chosen face and ``box`` that face in original-frame pixels, clipped to the frame, before the margin is
+    added (both None when no detector found a face).
     """
 
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    score: float | None = None
+    frame: int
+    detector: str | None = None
+    box: FaceBox | None = None
 
     @property
-    def area(self) -> float:
-        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+    def score(self) -> float | None:
+        return self.box.score if self.box is not None else None
 
-    def scaled(self, factor: float) -> FaceBox:
-        """The same box with every coordinate multiplied by ``factor``."""
-        return FaceBox(self.x0 * factor, self.y0 * factor, self.x1 * factor, self.y1 * factor, self.score)
+    def xywh(self) -> tuple[float, float, float, float] | None:
+        """``(x, y, w, h)`` of the box in pixels, or None when the frame had no face."""
+        if self.box is None:
+            return None
+        return self.box.x0, self.box.y0, self.box.x1 - self.box.x0, self.box.y1 - self.box.y0
 
 
 def expand_box(box: FaceBox, width: int, height: int, scale: float = BOX_SCALE) -> tuple[int, int, int, int] | None:
@@ -80,179 +103,53 @@ def expand_box(box: FaceBox, width: int, height: int, scale: float = BOX_SCALE) 
     return x0, y0, x1, y1
 
 
-class FaceDetector(ABC):
-    """One detector: ``detect`` returns the faces of an RGB uint8 image in that image's pixels."""
-
-    name = ""
-
-    @abstractmethod
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]: ...
-
-
-class HaarDetector(FaceDetector):
-    """OpenCV's Viola-Jones frontal-face cascade (fast, frontal faces only, some false positives)."""
-
-    name = "haar"
-
-    def __init__(self) -> None:
-        self._cascade = cv2.CascadeClassifier(haar_path())
-        if self._cascade.empty():
-            raise MissingDependencyError(f"OpenCV could not load the Haar cascade {haar_path()}")
-
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        found = self._cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
-        return [FaceBox(float(x), float(y), float(x + w), float(y + h)) for (x, y, w, h) in found]
-
-
-class DlibDetector(FaceDetector):
-    """dlib's HOG + linear SVM frontal-face detector (no upsampling: faces under ~80 px are missed)."""
-
-    name = "dlib"
-
-    def __init__(self) -> None:
-        dlib = require("dlib", "the dlib face detector")
-        self._detector = dlib.get_frontal_face_detector()
-
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        rects = self._detector(np.ascontiguousarray(rgb), 0)
-        return [FaceBox(float(r.left()), float(r.top()), float(r.right()), float(r.bottom())) for r in rects]
-
-
-class MediaPipeDetector(FaceDetector):
-    """BlazeFace through MediaPipe: the Tasks API with a model file, else the legacy ``solutions`` API."""
-
-    name = "mediapipe"
-
-    def __init__(self, model_path: Path | None = None, min_confidence: float = 0.5, model_selection: int = 1) -> None:
-        mp = require("mediapipe", "the MediaPipe face detector")
-        self._mp = mp
-        self._tasks: Any = None
-        self._legacy: Any = None
-        if model_path is not None:
-            vision = require("mediapipe.tasks.python.vision", "the MediaPipe Tasks face detector")
-            base = require("mediapipe.tasks.python", "the MediaPipe Tasks face detector").BaseOptions
-            options = vision.FaceDetectorOptions(
-                base_options=base(model_asset_path=str(model_path)), min_detection_confidence=min_confidence
-            )
-            self._tasks = vision.FaceDetector.create_from_options(options)
-        else:
-            solutions = getattr(mp, "solutions", None)
-            if solutions is None or not hasattr(solutions, "face_detection"):
-                raise MissingDependencyError(mediapipe_unavailable_reason())
-            # model_selection=1: the full-range model, which also finds faces farther than 2 m from the camera.
-            self._legacy = solutions.face_detection.FaceDetection(
-                model_selection=model_selection, min_detection_confidence=min_confidence
-            )
-
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        height, width = rgb.shape[:2]
-        image = np.ascontiguousarray(rgb)
-        boxes: list[FaceBox] = []
-        if self._tasks is not None:
-            result = self._tasks.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image))
-            for det in result.detections or []:
-                bb = det.bounding_box  # pixels
-                score = float(det.categories[0].score) if det.categories else 1.0
-                boxes.append(FaceBox(bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height, score))
-            return boxes
-        result = self._legacy.process(image)
-        for det in result.detections or []:
-            rel = det.location_data.relative_bounding_box  # fractions of the image size
-            x0, y0 = rel.xmin * width, rel.ymin * height
-            score = float(det.score[0]) if det.score else 1.0
-            boxes.append(FaceBox(x0, y0, x0 + rel.width * width, y0 + rel.height * height, score))
-        return boxes
-
-
-class YuNetDetector(FaceDetector):
-    """OpenCV's YuNet CNN (``cv2.FaceDetectorYN``) from a user-supplied ONNX model file."""
-
-    name = "yunet"
-
-    def __init__(self, model_path: Path, score_threshold: float = 0.9) -> None:
-        self._detector = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold, 0.3, 5000)
-
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        height, width = rgb.shape[:2]
-        self._detector.setInputSize((width, height))
-        _, faces = self._detector.detect(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))  # YuNet was trained on BGR
-        if faces is None:
-            return []
-        return [FaceBox(float(f[0]), float(f[1]), float(f[0] + f[2]), float(f[1] + f[3]), float(f[-1])) for f in faces]
-
-
-def haar_path() -> str:
-    """Path of OpenCV's bundled frontal-face cascade ('' when this OpenCV ships none, as opencv 5 does)."""
-    data = getattr(cv2, "data", None)
-    folder = getattr(data, "haarcascades", "") if data is not None else ""
-    return str(Path(folder) / HAAR_FILE) if folder else ""
-
-
-def mediapipe_unavailable_reason() -> str:
-    return (
-        "this mediapipe has no legacy 'solutions' face detector (removed in 0.10.30); pass --mediapipe-model "
-        "with a BlazeFace .tflite file for the Tasks API, or install 'mediapipe<=0.10.21'"
-    )
-
-
-def unavailable_reason(name: str, yunet_model: Path | None = None, mediapipe_model: Path | None = None) -> str | None:
-    """Why detector ``name`` cannot be used here, or None when it can. Imports nothing heavy."""
-    if name not in DETECTORS:
-        return f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}"
-    if name == "haar":
-        if not hasattr(cv2, "CascadeClassifier") or not haar_path() or not Path(haar_path()).is_file():
-            return "this OpenCV ships no Haar cascades (opencv >= 5); install 'opencv-python-headless<5'"
-    elif name == "yunet":
-        if not hasattr(cv2, "FaceDetectorYN"):
-            return "this OpenCV has no cv2.FaceDetectorYN (needs OpenCV >= 4.8)"
-        if yunet_model is None:
-            return "YuNet needs its ONNX model file: pass --yunet-model face_detection_yunet_2023mar.onnx"
-        if not Path(yunet_model).is_file():
-            return f"{yunet_model}: YuNet model file not found"
-    elif name in ("mediapipe", "dlib"):
-        if not available(name):
-            return f"the '{name}' package is not installed ({install_hint(name)})"
-        if name == "mediapipe" and mediapipe_model is not None and not Path(mediapipe_model).is_file():
-            return f"{mediapipe_model}: MediaPipe model file not found"
-    return None
-
-
 class FaceFinder:
-    """The detector chain, with one set of detector objects per thread.
+    """The detector chain. Thread-safe: shared detectors (BlazeFace) serve every thread, the others are
+    created once per thread.
 
-    ``names=None`` means the default order with every unavailable detector skipped; an explicit list must be
-    fully available (asking for a detector and silently not getting it would change results unnoticed).
+    ``names`` (``--face-detectors``) overrides ``chain``; an explicit list must be fully available (asking for
+    a detector and silently not getting it would change results unnoticed). ``providers`` are the ONNX
+    Runtime execution providers of the BlazeFace sessions (the model's own on a GPU; TensorRT is left out:
+    an engine build would cost more than BlazeFace's whole run). All detectors are created here, so a
+    missing or corrupt model file is an error at start that names the file.
     """
 
     def __init__(
         self,
         names: Sequence[str] | None = None,
         *,
+        chain: str = "default",
         detect_max_side: int = DETECT_MAX_SIDE,
         box_scale: float = BOX_SCALE,
         yunet_model: str | Path | None = None,
         mediapipe_model: str | Path | None = None,
+        providers: Sequence[str] | None = None,
     ) -> None:
         if detect_max_side < 32:
             raise UsageError(f"detect_max_side={detect_max_side} is too small (at least 32 pixels)")
+        if names is None and chain not in CHAINS:
+            raise UsageError(f"unknown face chain {chain!r}; choose from {', '.join(CHAINS)}")
         self.detect_max_side = detect_max_side
         self.box_scale = box_scale
+        self.chain = CUSTOM_CHAIN if names is not None else chain
         self._yunet = Path(yunet_model) if yunet_model else None
         self._mediapipe = Path(mediapipe_model) if mediapipe_model else None
-        self.names = self._resolve(names)
+        self._providers = [p for p in providers or () if not p.startswith("Tensorrt")] or None
+        self.names = self._resolve(names, CHAINS.get(chain, ()))
         self._local = threading.local()
+        self._shared: dict[str, FaceDetector] = {}
+        self._detectors()  # fail now, naming the file, rather than on the first frame of a worker
 
-    def _resolve(self, names: Sequence[str] | None) -> tuple[str, ...]:
+    def _resolve(self, names: Sequence[str] | None, chain: Sequence[str]) -> tuple[str, ...]:
         explicit = names is not None
         chosen: list[str] = []
         skipped: list[str] = []
-        for name in (DETECTORS if names is None else names):
+        for name in (chain if names is None else names):
             reason = unavailable_reason(name, self._yunet, self._mediapipe)
             if reason is None:
                 if name not in chosen:
                     chosen.append(name)
-            elif explicit:
+            elif explicit or name.startswith("blazeface-"):  # a packaged model missing is a broken install
                 cls = UsageError if name not in DETECTORS else MissingDependencyError
                 raise cls(f"face detector '{name}': {reason}")
             else:
@@ -268,36 +165,73 @@ class FaceFinder:
             )
         return tuple(chosen)
 
+    def _create(self, name: str) -> FaceDetector:
+        return create_detector(name, yunet_model=self._yunet, mediapipe_model=self._mediapipe,
+                               providers=self._providers)  # fmt: skip
+
     def _detectors(self) -> list[FaceDetector]:
         detectors = getattr(self._local, "detectors", None)
         if detectors is None:
-            detectors = [self._create(name) for name in self.names]
+            detectors = []
+            for name in self.names:
+                if name not in self._shared:
+                    detector = self._create(name)
+                    if not detector.thread_safe:
+                        detectors.append(detector)
+                        continue
+                    self._shared[name] = detector
+                detectors.append(self._shared[name])
             self._local.detectors = detectors
         return detectors
 
-    def _create(self, name: str) -> FaceDetector:
-        if name == "haar":
-            return HaarDetector()
-        if name == "dlib":
-            return DlibDetector()
-        if name == "mediapipe":
-            return MediaPipeDetector(self._mediapipe)
-        assert self._yunet is not None  # guaranteed by _resolve
-        return YuNetDetector(self._yunet)
+    def find_batch(self, frames: Sequence[np.ndarray]) -> list[tuple[FaceBox | None, str | None]]:
+        """For each RGB frame, its chosen face (full-resolution pixels, clipped) and the detector that found it.
+
+        Each detector runs once over all the frames still without a face (BlazeFace in one batched call).
+        """
+        results: list[tuple[FaceBox | None, str | None]] = [(None, None)] * len(frames)
+        smalls: list[np.ndarray] = []
+        factors: list[float] = []
+        pending: list[int] = []
+        for i, rgb in enumerate(frames):
+            height, width = rgb.shape[:2]
+            factor = min(1.0, self.detect_max_side / max(height, width))
+            small = rgb
+            if factor < 1.0:
+                size = (max(1, round(width * factor)), max(1, round(height * factor)))
+                small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            smalls.append(small)
+            factors.append(factor)
+            if min(small.shape[:2]) >= MIN_DETECT_SIDE:
+                pending.append(i)
+        for detector in self._detectors():
+            if not pending:
+                break
+            found = detector.detect_batch([smalls[i] for i in pending])
+            still: list[int] = []
+            for i, faces in zip(pending, found, strict=True):
+                height, width = frames[i].shape[:2]
+                faces = [f.scaled(1.0 / factors[i]).clipped(width, height) for f in faces]
+                faces = [f for f in faces if min(f.x1 - f.x0, f.y1 - f.y0) >= 1.0]  # a pixel at least: croppable
+                if faces:
+                    results[i] = (max(faces, key=lambda f: f.area), detector.name)
+                else:
+                    still.append(i)
+            pending = still
+        return results
 
     def find(self, rgb: np.ndarray) -> tuple[FaceBox | None, str | None]:
         """The largest face of an RGB frame in full-resolution pixels, and the detector that found it."""
-        height, width = rgb.shape[:2]
-        factor = min(1.0, self.detect_max_side / max(height, width))
-        small = rgb
-        if factor < 1.0:
-            size = (max(1, round(width * factor)), max(1, round(height * factor)))
-            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        for detector in self._detectors():
-            faces = [f for f in detector.detect(small) if f.area > 0]
-            if faces:
-                return max(faces, key=lambda f: f.area).scaled(1.0 / factor), detector.name
-        return None, None
+        return self.find_batch([rgb])[0]
+
+    def records(self, frames: Sequence[np.ndarray], indices: Sequence[int]) -> list[FaceRecord]:
+        """One :class:`FaceRecord` per frame; ``indices`` are the frames' indices in their video."""
+        found = self.find_batch(frames)
+        return [FaceRecord(int(index), name, box) for index, (box, name) in zip(indices, found, strict=True)]
+
+    def crop_for(self, record: FaceRecord, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """The enlarged, clamped crop of a record's face in a ``width`` x ``height`` frame (None: no face)."""
+        return expand_box(record.box, width, height, self.box_scale) if record.box is not None else None
 
     def crop_box(self, rgb: np.ndarray) -> tuple[tuple[int, int, int, int] | None, str | None]:
         """The enlarged, clamped crop of the largest face (None when no face), and the detector used."""

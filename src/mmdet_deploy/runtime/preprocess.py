@@ -7,14 +7,16 @@
     item.clips                                # float32 (W, T, 3, S, S), ImageNet-normalised RGB
     item.recons                               # same shape: the recons input
     item.frame_indices, item.detector, item.frames_without_face, item.timings
+    item.faces                                # faces preset: per sampled frame, the detector and box
 
 Presets (model-spec section 8):
 
 * ``faces`` (the seed): ``T`` frames at ``np.linspace`` indices over the frames of the first ``max_seconds``
-  (10 s), decoded exactly; per frame the largest face, its box grown 30 % into a square, cropped and resized
-  to ``S`` x ``S`` (INTER_AREA when shrinking, INTER_LINEAR when enlarging); a frame without a face is
-  resized whole. A video with fewer than ``T`` frames repeats frames (the seed's linspace does that). One
-  window. An image is one frame repeated ``T`` times.
+  (10 s), decoded exactly; the face chain runs once over all distinct sampled frames (batched); per frame
+  the largest face, its box grown 30 % into a square, cropped and resized to ``S`` x ``S`` (INTER_AREA
+  when shrinking, INTER_LINEAR when enlarging); a frame without a face is resized whole. A video with fewer
+  than ``T`` frames repeats frames (the seed's linspace does that). One window. An image is one frame
+  repeated ``T`` times.
 * ``frames`` (the official MM-Det test): every frame, ``CenterCrop(S)`` of the full frame (zero-padded when
   smaller, never resized), split into non-overlapping windows of ``T`` frames from frame 0, an incomplete
   last window dropped, at most ``max_windows`` windows (without it, a safety cap of
@@ -38,7 +40,7 @@ from mmdet_deploy.errors import ContractError, MediaError, UsageError
 from mmdet_deploy.runtime import frame_sampling
 from mmdet_deploy.runtime.decode import DEFAULT_MAX_PIXELS, load_image, open_video, resolve_decoder
 from mmdet_deploy.runtime.discovery import IMAGE, VIDEO, media_kind
-from mmdet_deploy.runtime.faces import FaceBox, FaceFinder, expand_box
+from mmdet_deploy.runtime.faces import FaceFinder, FaceRecord
 from mmdet_deploy.runtime.recons import IdentityReconstruction, ReconstructionSource
 from mmdet_deploy.runtime.thumbnails import shrink
 
@@ -50,17 +52,9 @@ FALLBACK_FPS = 30.0
 SAFETY_WINDOWS = 1000
 
 
-@dataclass(frozen=True)
-class FrameFace:
-    """faces preset: what the detector chain chose on one sampled frame.
-
-    ``frame`` is the frame index in the video (0 for an image); ``box`` the chosen face in original-frame
-    pixels *before* the margin is added, None (and ``detector`` None) when the frame had no usable face.
-    """
-
-    frame: int
-    detector: str | None
-    box: FaceBox | None
+#: faces preset: what the detector chain chose on one sampled frame (``frame``, ``detector``, ``box`` before the
+#: margin, ``score``); one type with the chain's own records, under the name ``faces.csv`` code uses.
+FrameFace = FaceRecord
 
 
 @dataclass
@@ -136,8 +130,8 @@ class Preprocessor:
     ``decoder`` (auto|pyav|opencv), ``max_pixels`` (image bomb guard), ``max_seconds`` (faces preset
     sampling span), ``reconstruction`` (a :class:`ReconstructionSource`), ``preview_side`` (keep a
     :attr:`PreparedFile.preview` frame this many pixels long; 0: none), and the face detector options of
-    :class:`~mmdet_deploy.runtime.faces.FaceFinder` (``detect_max_side``, ``box_scale``, ``yunet_model``,
-    ``mediapipe_model``).
+    :class:`~mmdet_deploy.runtime.faces.FaceFinder` (``chain``, ``detect_max_side``, ``box_scale``,
+    ``yunet_model``, ``mediapipe_model``, ``providers``).
     """
 
     def __init__(
@@ -202,8 +196,27 @@ class Preprocessor:
         item.timings = {"decode": 0.0, "face_detection": 0.0, "preprocess": 0.0}
         return item
 
-    def _spatial(self, frame: np.ndarray, item: PreparedFile, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Crop / resize frame ``index`` and its reconstruction to (S, S, 3); updates face bookkeeping."""
+    def _find_faces(self, frames: list[np.ndarray], indices: list[int], item: PreparedFile) -> list[FaceRecord]:
+        """Run the face chain once over ``frames`` (video indices ``indices``); updates face bookkeeping."""
+        assert self.faces is not None
+        t0 = time.perf_counter()
+        records = self.faces.records(frames, indices)
+        item.timings["face_detection"] += time.perf_counter() - t0
+        item.faces.extend(records)
+        for record in records:
+            if record.detector is None:
+                item.frames_without_face += 1
+            elif item.detector is None:
+                item.detector = record.detector
+            elif record.detector not in item.detector.split("+"):
+                item.detector += f"+{record.detector}"
+        return records
+
+    def _spatial(
+        self, frame: np.ndarray, item: PreparedFile, index: int = 0, face: FaceRecord | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Crop / resize frame ``index`` and its reconstruction to (S, S, 3); faces preset: around ``face``
+        (the chain runs on this frame alone when it is None)."""
         recon = self.reconstruction.reconstruct(frame)
         if self.faces is None:
             t0 = time.perf_counter()
@@ -212,22 +225,15 @@ class Preprocessor:
             self._keep_preview(item, frame, index, False)
             item.timings["preprocess"] += time.perf_counter() - t0
             return out, out_r
-        t0 = time.perf_counter()
-        face, detector = self.faces.find(frame)
-        box = None if face is None else expand_box(face, frame.shape[1], frame.shape[0], self.faces.box_scale)
+        if face is None:
+            (face,) = self._find_faces([frame], [index], item)
         t1 = time.perf_counter()
-        item.timings["face_detection"] += t1 - t0
-        item.faces.append(FrameFace(index, detector, face) if box is not None else FrameFace(index, None, None))
+        box = self.faces.crop_for(face, frame.shape[1], frame.shape[0])
         self._keep_preview(item, frame, index, box is not None)
         if box is None:
-            item.frames_without_face += 1
             out = frame_sampling.resize_square(frame, self.size)
             out_r = out if recon is frame else frame_sampling.resize_square(recon, self.size)
         else:
-            if item.detector is None:
-                item.detector = detector
-            elif detector not in item.detector.split("+"):
-                item.detector += f"+{detector}"
             out = frame_sampling.resize_square(frame_sampling.crop(frame, box), self.size)
             out_r = out if recon is frame else frame_sampling.resize_square(frame_sampling.crop(recon, box), self.size)
         item.timings["preprocess"] += time.perf_counter() - t1
@@ -303,7 +309,9 @@ class Preprocessor:
             item.notes.append(f"only {count} frames: sampled frames repeat to fill {self.frames}")
         if item.fps is None:
             item.notes.append(f"frame rate unknown: first {limit} frames sampled ({FALLBACK_FPS:g} fps assumed)")
-        processed = {i: self._spatial(frames[i], item, i) for i in sorted(set(indices))}
+        distinct = sorted(set(indices))
+        faces = self._find_faces([frames[i] for i in distinct], distinct, item)  # one batched chain run
+        processed = {i: self._spatial(frames[i], item, i, face) for i, face in zip(distinct, faces, strict=True)}
         t1 = time.perf_counter()
         shape = (1, self.frames, self.size, self.size, 3)
         self._finish(item, [processed[i][0] for i in indices], [processed[i][1] for i in indices], shape)

@@ -240,7 +240,7 @@ def write_predictions(out_dir: Path, rows: Iterable[ResultRow], error_label: int
 MANIFEST_NAME = "run.json"
 #: Settings that change predictions: resuming with any of them changed would mix two different runs.
 MANIFEST_KEYS = ("checkpoint_sha256", "head", "config", "precision", "preset", "threshold", "frames", "image_size",
-                 "max_windows", "face_detectors")
+                 "max_windows", "face_detectors", "face_chain")
 
 
 def check_manifest(out_dir: Path, settings: Mapping[str, object], resume: bool) -> None:

@@ -29,7 +29,7 @@ from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from mmdet_deploy.runtime.backends.base import Backend, check_backend_name, create_backend
 from mmdet_deploy.runtime.decode import DECODERS
 from mmdet_deploy.runtime.discovery import discover
-from mmdet_deploy.runtime.faces import DETECT_MAX_SIDE
+from mmdet_deploy.runtime.faces import CHAINS, DETECT_MAX_SIDE
 from mmdet_deploy.runtime.pipeline import PipelineStats, run_inference
 from mmdet_deploy.runtime.preprocess import Preprocessor
 from mmdet_deploy.runtime.records import PREVIEW_SIDE, RunRecorder
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 ORT_ONLY = {"--providers": "providers", "--threads": "threads", "--trt-fp16": "trt_fp16", "--trt-cache": "trt_cache"}
 #: Options of the faces preset alone.
 FACES_ONLY = {"--face-detectors": "face_detectors", "--yunet-model": "yunet_model",
-              "--mediapipe-model": "mediapipe_model"}
+              "--mediapipe-model": "mediapipe_model", "--face-chain": "face_chain"}
 
 
 def default_workers() -> int:
@@ -68,9 +68,11 @@ class RunConfig:
     ``preset`` and ``threshold`` None take the model's contract; ``device`` None is ``cpu`` (``cuda`` for
     tensorrt). ``batch_size`` is clips per inference call, ``workers`` preprocessing threads,
     ``detect_size`` the longer side in pixels of the frame copy face detectors see. ``providers``,
-    ``threads``, ``trt_fp16`` and ``trt_cache`` apply to the onnxruntime backend only; ``face_detectors``,
-    ``yunet_model`` and ``mediapipe_model`` to the faces preset only. Names lists accept
-    ``"a,b"`` or ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the caller's business.
+    ``threads``, ``trt_fp16`` and ``trt_cache`` apply to the onnxruntime backend only; ``face_chain``
+    (``default`` when None, or ``seed``: see :data:`~mmdet_deploy.runtime.faces.CHAINS`), ``face_detectors``
+    (a list of its own instead of a chain), ``yunet_model`` and ``mediapipe_model`` to the faces preset
+    only. Names lists accept ``"a,b"`` or ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the
+    caller's business.
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
     and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
     """
@@ -87,6 +89,7 @@ class RunConfig:
     overwrite: bool = False
     max_windows: int | None = None
     face_detectors: tuple[str, ...] | None = None
+    face_chain: str | None = None
     yunet_model: Path | None = None
     mediapipe_model: Path | None = None
     detect_size: int = DETECT_MAX_SIDE
@@ -128,6 +131,11 @@ class RunConfig:
             raise UsageError(f"--error-label must be 0 or 1, got {self.error_label}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise UsageError(f"--threshold must lie in [0, 1], got {self.threshold}")
+        if self.face_chain is not None and self.face_chain not in CHAINS:
+            raise UsageError(f"unknown --face-chain {self.face_chain!r}; choose one of {', '.join(CHAINS)}")
+        if self.face_chain is not None and self.face_detectors:
+            raise UsageError("--face-chain and --face-detectors contradict each other: the detectors are a chain of "
+                             "their own; pass one of them")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; choose one")
         if self.backend != "onnxruntime":
@@ -230,14 +238,20 @@ def open_backend(config: RunConfig) -> Backend:
     return backend
 
 
-def build_preprocessor(config: RunConfig, contract: ModelContract) -> Preprocessor:
-    """The shared, thread-safe :class:`Preprocessor` of a run (preset from the config or the contract)."""
+def build_preprocessor(
+    config: RunConfig, contract: ModelContract, face_providers: Sequence[str] | None = None
+) -> Preprocessor:
+    """The shared, thread-safe :class:`Preprocessor` of a run (preset from the config or the contract).
+
+    ``face_providers``: ONNX Runtime execution providers of the BlazeFace detectors (None: CPU).
+    """
     preset = config.preset or contract.preset
     config.check_preset(preset)
     detector_options: dict[str, Any] = {}
     if preset == "faces":
         detector_options = {"detect_max_side": config.detect_size, "yunet_model": config.yunet_model,
-                            "mediapipe_model": config.mediapipe_model}
+                            "mediapipe_model": config.mediapipe_model, "chain": config.face_chain or "default",
+                            "providers": face_providers}
     return Preprocessor(contract, preset, config.face_detectors, config.max_windows, decoder=config.decoder,
                         preview_side=PREVIEW_SIDE if config.report else 0, **detector_options)
 
@@ -251,6 +265,7 @@ def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Prepr
         "threshold": contract.threshold if config.threshold is None else config.threshold,
         "frames": contract.frames, "image_size": contract.image_size, "max_windows": config.max_windows,
         "face_detectors": list(preprocessor.faces.names) if preprocessor.faces else [],
+        "face_chain": preprocessor.faces.chain if preprocessor.faces else None,
         "model": str(config.model.resolve()), "input": str(config.input_path.resolve()),
         "backend": backend.describe(), "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
         "save_crops": config.save_crops,
@@ -273,7 +288,9 @@ def run_folder(
     try:
         assert backend.contract is not None  # set by open()
         contract = backend.contract
-        preprocessor = build_preprocessor(config, contract)
+        # On a GPU the face detector runs on the model's own ONNX Runtime providers.
+        gpu = config.device != "cpu" and backend.name == "onnxruntime"
+        preprocessor = build_preprocessor(config, contract, getattr(backend, "providers", None) if gpu else None)
         items = discover(config.input_path, exclude=[config.out])
         if not any(item.is_media for item in items):
             message = f"{config.input_path}: found no image or video files ({len(items)} other files)"
@@ -302,7 +319,9 @@ def run_folder(
             finally:
                 # Also after Ctrl-C or a backend failure: predictions.csv always matches results.csv.
                 sink.write_predictions()
-            sink.write_summary(stats.to_dict() | {"backend": backend.describe(), "previous_rows": len(sink.previous)})
+            sink.write_summary(stats.to_dict() | {"backend": backend.describe(), "previous_rows": len(sink.previous),
+                                                  "face_chain": settings["face_chain"],
+                                                  "face_detectors": settings["face_detectors"]})
             failed = sink.failed
         report_path = None
         if config.report:
