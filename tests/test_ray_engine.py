@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_bad_input_folder_gives_the_local_engines_rows(cluster: Any, model: Path
     from mmdet_deploy.cli.run import app
 
     bad = write_bad_folder(tmp_path / "bad in")
-    options = ["--preset", "faces", "--face-detectors", "haar", "-q"]
+    options = ["--preset", "faces", "--face-detectors", "haar", "--save-crops", "-q"]
     result = runner.invoke(app, [str(bad), "--model", str(model), "--out", str(tmp_path / "ray"), "--engine", "ray",
                                  "--ray-address", cluster.address, "--ray-actors", "2", *options])
     assert result.exit_code == 1, result.output  # some files cannot be scored, as with the local engine
@@ -204,6 +205,13 @@ def test_bad_input_folder_gives_the_local_engines_rows(cluster: Any, model: Path
     with open(tmp_path / "ray" / "predictions.csv", encoding="utf-8", newline="") as a, \
             open(tmp_path / "local" / "predictions.csv", encoding="utf-8", newline="") as b:
         assert sorted(csv.reader(a)) == sorted(csv.reader(b))
+    for table in ("faces.csv",):  # the per-frame records travel with each file, its crops come back
+        assert sorted((tmp_path / "ray" / table).read_text().splitlines()) == \
+            sorted((tmp_path / "local" / table).read_text().splitlines())
+    def crops(out: Path) -> dict[Path, bytes]:
+        return {p.relative_to(out): p.read_bytes() for p in (out / "crops").rglob("*") if p.is_file()}
+
+    assert crops(tmp_path / "local") and crops(tmp_path / "ray") == crops(tmp_path / "local")
     report = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert report["engine"] == "ray" and report["ray"]["nodes"] == 2 and report["counts"]["error"] == 6
     manifest = json.loads((tmp_path / "ray" / "run.json").read_text())
@@ -212,7 +220,7 @@ def test_bad_input_folder_gives_the_local_engines_rows(cluster: Any, model: Path
 
 def test_sigkilled_actor_and_crashing_decoder_cost_no_row(cluster: Any, model: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    root = colour_folder(tmp_path / "in", 20)
+    root = colour_folder(tmp_path / "in", 36)
     Image.new("RGB", (64, 48), (200, 0, 0)).save(root / "crash me.png")  # its decoder segfaults, every attempt
     Image.new("RGB", (64, 48), (0, 0, 200)).save(root / "flaky.png")  # its worker is SIGKILLed once
     markers = tmp_path / "markers"
@@ -220,30 +228,38 @@ def test_sigkilled_actor_and_crashing_decoder_cost_no_row(cluster: Any, model: P
     monkeypatch.setenv(CRASH_ENV, f"SIGSEGV:crash*;SIGKILL:flaky*:{markers}")
     raylets = [n.all_processes["raylet"][0].process.pid for n in [cluster.head_node, *cluster.worker_nodes]]
     killed: list[int] = []
-    live: set[int] = set()
+    seen: set[int] = set()
+    running = threading.Event()
+    running.set()
 
-    def kill_an_actor(row: ResultRow) -> None:
-        if killed or row.status == "skipped":
-            return
-        actors = [p for p in descendants(raylets) if "InferenceActor" in " ".join(p.cmdline())]
-        if len(actors) == 2:  # both actors up: kill one of them mid-run
-            live.update(p.pid for p in actors)
-            actors[0].send_signal(signal.SIGKILL)
-            killed.append(actors[0].pid)
+    def watch() -> None:  # kill one actor as soon as both run, then watch Ray bring a new one up
+        while running.is_set():
+            actors = [p for p in descendants(raylets) if "InferenceActor" in " ".join(p.cmdline())]
+            seen.update(p.pid for p in actors)
+            if not killed and len(actors) == 2:
+                actors[0].send_signal(signal.SIGKILL)
+                killed.append(actors[0].pid)
+            time.sleep(0.05)
 
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     config = RunConfig(root, model, tmp_path / "ray", engine="ray", ray_address=cluster.address, ray_actors=2,
-                       batch_size=2, ray_max_in_flight=2, ray_retries=2)
-    summary = run_folder(config, progress=kill_an_actor)
+                       batch_size=1, ray_max_in_flight=1, ray_retries=2)
+    try:
+        summary = run_folder(config)
+    finally:
+        running.clear()
+        watcher.join()
     assert killed, "the actors never ran side by side; nothing was killed"
     rows = load_results(tmp_path / "ray" / "results.csv")
     by_name = {r.filename: r for r in rows}
-    assert len(rows) == len(by_name) == 22 and summary.exit_code == 1
+    assert len(rows) == len(by_name) == 38 and summary.exit_code == 1
     assert by_name["crash me.png"].status == "error" and "died on all 3 attempts" in by_name["crash me.png"].reason
     assert by_name["flaky.png"].status == "ok" and (markers / "flaky.png.crashed").is_file()
     actors = json.loads((tmp_path / "ray" / "summary.json").read_text())["ray"]["windows_by_actor"]
-    pids = {int(tag.split(":")[1]) for tag in actors}
-    assert pids - live, f"no restarted actor scored anything (actors {actors}, killed {killed})"
-    assert sum(actors.values()) == 21  # every scored window counted once
+    scored_by = {int(tag.split(":")[1]) for tag in actors}
+    assert len(seen | scored_by) >= 3, f"Ray brought no actor up after the kill (seen {seen}, scored {actors})"
+    assert sum(actors.values()) == 37  # every scored window counted once
     monkeypatch.delenv(CRASH_ENV)
     local = run_folder(RunConfig(root, model, tmp_path / "local", batch_size=2, workers=1))
     assert local.exit_code == 0
