@@ -351,3 +351,17 @@ def test_without_ray_the_error_names_the_extra(model: Path, tmp_path: Path) -> N
     local_run = subprocess.run([sys.executable, "-c", LAUNCH, *args, "--out", str(tmp_path / "l")], env=env,
                                capture_output=True, text=True, timeout=120)
     assert local_run.returncode == 0, local_run.stderr  # the local engine never needs ray
+
+
+def test_cli_refuses_ray_flags_without_the_ray_engine_and_bad_bench_options(model: Path, tmp_path: Path) -> None:
+    from mmdet_deploy.benchmarks.engines import cases_for
+    from mmdet_deploy.cli.bench import app as bench_app
+    from mmdet_deploy.cli.run import app
+
+    result = runner.invoke(app, [str(tmp_path), "--model", str(model), "--out", str(tmp_path / "o"),
+                                 "--ray-actors", "2"])
+    assert result.exit_code == 2 and "--ray-actors only apply to --engine ray" in result.output
+    result = runner.invoke(bench_app, ["ray", "--model", str(model), "--out", str(tmp_path / "b"), "--actors", "0"])
+    assert result.exit_code == 2 and "--actors '0'" in result.output and not (tmp_path / "b").exists()
+    assert [(c.name, c.actors, c.threads) for c in cases_for((1, 2), cores=2)] == [
+        ("local", 1, 0), ("ray_1", 1, 2), ("ray_2", 2, 1)]

@@ -18,7 +18,7 @@ import pickle
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,7 +190,8 @@ class RayScorer:
         self.threshold = contract.threshold if config.threshold is None else float(config.threshold)
         self.info: dict[str, Any] = {}
 
-    def score(self, todo: list[MediaItem], preprocessor: Preprocessor, sink: ResultsSink, on_row: Any,
+    def score(self, todo: list[MediaItem], preprocessor: Preprocessor, sink: ResultsSink,
+              on_row: Callable[[ResultRow], None],
               on_file: OnFile) -> RayStats:
         self.sink, self.on_row, self.on_file = sink, on_row, on_file
         self.stats = RayStats(workers=self.config.ray_actors, batch_size=self.batch_size)
