@@ -196,3 +196,26 @@ def solid_image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] 
     img.save(path)
     return path
 
+
+def write_bad_folder(root: Path) -> Path:
+    """One good image, one good face video, and every kind of bad input the runtime must survive (``root``
+    is created; the local engine's and the Ray engine's tests share this folder)."""
+    import os
+
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    Image.fromarray(astronaut()).save(root / "astronaut photo é.png")
+    write_video(root / "faces 人.mp4", face_frames(15), fps=10)
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "noise.mp4").write_bytes(np.random.default_rng(2).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    full = write_index_video(root / "tmp.mp4", 30, fps=10)
+    (root / "truncated.mp4").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    full.unlink()
+    write_audio_only(root / "audio only.mp4")
+    write_index_video(root / "short.mp4", 4, fps=10)
+    (root / "text.jpg").write_text("I am a text file\n", encoding="utf-8")
+    os.symlink(root / "missing target.mp4", root / "broken link.mp4")
+    (root / "readme.md").write_text("not media", encoding="utf-8")
+    return root
+

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -16,10 +14,8 @@ from mmdet_deploy.runtime.results import load_results
 from runtime_fixtures import (
     astronaut,
     build_synthetic_model,
-    face_frames,
-    write_audio_only,
+    write_bad_folder,
     write_index_video,
-    write_video,
 )
 
 runner = CliRunner()
@@ -47,21 +43,7 @@ def _predictions(out: Path) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def bad_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One good image, one good face video, and every kind of bad input the issue lists."""
-    root = tmp_path_factory.mktemp("bad") / "in put"
-    root.mkdir()
-    Image.fromarray(astronaut()).save(root / "astronaut photo é.png")
-    write_video(root / "faces 人.mp4", face_frames(15), fps=10)
-    (root / "zero.mp4").write_bytes(b"")
-    (root / "noise.mp4").write_bytes(np.random.default_rng(2).integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    full = write_index_video(root / "tmp.mp4", 30, fps=10)
-    (root / "truncated.mp4").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    full.unlink()
-    write_audio_only(root / "audio only.mp4")
-    write_index_video(root / "short.mp4", 4, fps=10)
-    (root / "text.jpg").write_text("I am a text file\n", encoding="utf-8")
-    os.symlink(root / "missing target.mp4", root / "broken link.mp4")
-    (root / "readme.md").write_text("not media", encoding="utf-8")
-    return root
+    return write_bad_folder(tmp_path_factory.mktemp("bad") / "in put")
 
 
 EXPECTED_BAD = {

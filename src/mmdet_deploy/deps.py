@@ -30,6 +30,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "PIL": ("pillow", "base"),
     "matplotlib": ("matplotlib", "bench"),
     "psutil": ("psutil", "bench"),
+    "ray": ("ray[data]", "ray"),
 }
 
 

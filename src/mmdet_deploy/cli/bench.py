@@ -3,7 +3,9 @@
 ``mmdet-bench --out DIR ...`` is a thin layer over :func:`mmdet_deploy.benchmarks.suite.run_benchmark`;
 ``mmdet-bench int8 --fp32 M.onnx --int8 M.int8.onnx --calib DIR`` over
 :func:`mmdet_deploy.benchmarks.int8.int8_benchmark`;
-``mmdet-bench faces --out DIR`` over :func:`mmdet_deploy.benchmarks.face_report.run_faces_benchmark`.
+``mmdet-bench faces --out DIR`` over :func:`mmdet_deploy.benchmarks.face_report.run_faces_benchmark`;
+``mmdet-bench ray --model M.onnx --out DIR`` over
+:func:`mmdet_deploy.benchmarks.engines.engine_benchmark`.
 """
 
 from __future__ import annotations
@@ -175,6 +177,38 @@ def faces(
     for target in report["targets"]:
         typer.echo(f"{target['status']:8s} {target['target']}: {target['measured']}")
     typer.echo(f"report: {out / 'report.md'} (and report.json)")
+
+
+@app.command("ray")
+@user_errors
+def ray_engine(
+    model: Path = typer.Option(..., "--model", help="The ONNX model every case scores with."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.md/json, the generated media and the runs."),
+    actors: str = typer.Option("1,2", "--actors", help="Comma-separated actor counts of the ray engine cases."),
+    videos: int = typer.Option(6, "--videos", min=0, help="Generated 720p videos (4 s, 25 fps, a moving face)."),
+    images: int = typer.Option(2, "--images", min=0, help="Generated 720p images."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Clips per inference call."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Preprocessing threads of the local engine."),
+    preset: str = typer.Option(None, "--preset", help="faces or frames; default: the model's contract."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """The ray engine (local Ray, 1..N actors) against the local engine on the same files: files/s, ratios."""
+    from mmdet_deploy.benchmarks.engines import engine_benchmark, format_report
+    from mmdet_deploy.benchmarks.synthetic_media import MediaSpec
+
+    setup_logging(quiet=not verbose, verbose=verbose)
+    try:
+        counts = tuple(int(t) for t in actors.split(",") if t.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--actors {actors!r}: expected comma-separated positive integers, e.g. 1,2")
+    if videos + images < 1:
+        raise UsageError("--videos and --images generate no file at all; ask for at least one")
+    report = engine_benchmark(model, out, media=MediaSpec(videos=videos, images=images), actor_counts=counts,
+                              batch_size=batch_size, workers=workers, preset=preset,
+                              progress=lambda msg: typer.echo(msg, err=True))
+    typer.echo(format_report(report))
 
 
 def main() -> None:

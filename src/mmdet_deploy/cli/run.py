@@ -41,6 +41,11 @@ HELP = {
     "providers": "onnxruntime execution providers in priority order, e.g. tensorrt,cuda,cpu.",
     "save_crops": "Also write the 224x224 model inputs as crops/<filename>/<frame>.png.",
     "report": "Also write report.html, a self-contained review page (keeps small JPEG thumbnails in thumbs/).",
+    "engine": "local (threads in this process) or ray (Ray Data: decode tasks and an inference actor pool).",
+    "ray_address": "ray engine: the cluster to use (host:port, ray://host:port or auto). "
+    "Default: start a private Ray on this machine, on loopback only.",
+    "ray_max_in_flight": "ray engine: files being decoded at once (memory bound). Default: 2 x actors x batch size.",
+    "ray_retries": "ray engine: retries of a file whose worker process died before it gets an error row.",
 }
 
 
@@ -74,6 +79,19 @@ def run(
     save_crops: bool = typer.Option(False, "--save-crops", help=HELP["save_crops"]),
     report: bool = typer.Option(False, "--report", help=HELP["report"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs."),
+    engine: str = typer.Option("local", "--engine", help=HELP["engine"]),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=HELP["ray_address"]),
+    ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="ray engine: inference actors."),
+    ray_gpus_per_actor: float = typer.Option(0.0, "--ray-gpus-per-actor", min=0.0,
+                                             help="ray engine: GPUs reserved per actor (fractions share a GPU)."),
+    ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", min=0.0,
+                                             help="ray engine: CPUs reserved per actor."),
+    ray_cpus_per_task: float = typer.Option(1.0, "--ray-cpus-per-task", min=0.01,
+                                            help="ray engine: CPUs reserved per file decoding task."),
+    ray_max_in_flight: int | None = typer.Option(None, "--ray-max-in-flight", min=1, help=HELP["ray_max_in_flight"]),
+    ray_retries: int = typer.Option(2, "--ray-retries", min=0, help=HELP["ray_retries"]),
+    ray_connect_timeout: float = typer.Option(60.0, "--ray-connect-timeout", min=1.0,
+                                              help="ray engine: seconds to wait for --ray-address to answer."),
 ) -> None:
     """Score every image and video of INPUT; write results.csv and predictions.csv into --out."""
     setup_logging(quiet=quiet, verbose=verbose)
@@ -86,7 +104,11 @@ def run(
         face_chain=face_chain,
         yunet_model=yunet_model, mediapipe_model=mediapipe_model, detect_size=detect_size, error_label=error_label,
         threshold=threshold, providers=providers, threads=threads, trt_fp16=trt_fp16, trt_cache=trt_cache,
-        decoder=decoder, save_crops=save_crops, report=report,
+        decoder=decoder, save_crops=save_crops, report=report, engine=engine, ray_address=ray_address,
+        ray_actors=ray_actors,
+        ray_gpus_per_actor=ray_gpus_per_actor, ray_cpus_per_actor=ray_cpus_per_actor,
+        ray_cpus_per_task=ray_cpus_per_task, ray_max_in_flight=ray_max_in_flight, ray_retries=ray_retries,
+        ray_connect_timeout=ray_connect_timeout,
     )
     summary = run_folder(config, progress=RunProgress(enabled=not quiet))
     if not quiet and summary.results_path is not None:

@@ -9,17 +9,19 @@
 
 :class:`RunConfig` holds every option of ``mmdet-run`` and validates them when it is built.
 :func:`run_folder` discovers the files, records the settings (``run.json``), resumes, scores with the
-threaded pipeline and writes ``results.csv``, ``predictions.csv`` and ``summary.json``. The pieces are
-public so that another engine can reuse them: :func:`open_backend`, :func:`build_preprocessor`,
-:func:`run_settings`, :class:`~mmdet_deploy.runtime.sink.ResultsSink` and the per-file stages of
-:mod:`mmdet_deploy.runtime.prepare`.
+threaded pipeline (``engine="local"``) or on Ray (``engine="ray"``, :mod:`mmdet_deploy.runtime.ray_engine`)
+and writes ``results.csv``, ``predictions.csv`` and ``summary.json``. The pieces are public so that another
+engine can reuse them: :func:`score_items` (everything around the scoring itself), :func:`open_backend`,
+:func:`build_preprocessor`, :func:`run_settings`, :class:`~mmdet_deploy.runtime.sink.ResultsSink` and the
+per-file stages of :mod:`mmdet_deploy.runtime.prepare`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -28,10 +30,10 @@ from mmdet_deploy.contract import PRESETS, ModelContract
 from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from mmdet_deploy.runtime.backends.base import Backend, check_backend_name, create_backend
 from mmdet_deploy.runtime.decode import DECODERS
-from mmdet_deploy.runtime.discovery import discover
+from mmdet_deploy.runtime.discovery import MediaItem, discover
 from mmdet_deploy.runtime.faces import CHAINS, DETECT_MAX_SIDE
 from mmdet_deploy.runtime.pipeline import PipelineStats, run_inference
-from mmdet_deploy.runtime.preprocess import Preprocessor
+from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.records import PREVIEW_SIDE, RunRecorder
 from mmdet_deploy.runtime.results import ResultRow
 from mmdet_deploy.runtime.sink import ResultsSink
@@ -43,6 +45,13 @@ ORT_ONLY = {"--providers": "providers", "--threads": "threads", "--trt-fp16": "t
 #: Options of the faces preset alone.
 FACES_ONLY = {"--face-detectors": "face_detectors", "--yunet-model": "yunet_model",
               "--mediapipe-model": "mediapipe_model", "--face-chain": "face_chain"}
+#: Scoring engines: the threaded pipeline of this process, or Ray Data over a (local or remote) Ray cluster.
+ENGINES = ("local", "ray")
+#: Options of the ray engine alone (flag name -> RunConfig field), refused with ``engine="local"``.
+RAY_ONLY = {"--ray-address": "ray_address", "--ray-actors": "ray_actors",
+            "--ray-gpus-per-actor": "ray_gpus_per_actor", "--ray-cpus-per-actor": "ray_cpus_per_actor",
+            "--ray-cpus-per-task": "ray_cpus_per_task", "--ray-max-in-flight": "ray_max_in_flight",
+            "--ray-retries": "ray_retries", "--ray-connect-timeout": "ray_connect_timeout"}
 
 
 def default_workers() -> int:
@@ -75,6 +84,13 @@ class RunConfig:
     caller's business.
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
     and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
+
+    ``engine="ray"`` scores on Ray (the ``ray_*`` fields apply to it only): ``ray_address`` None starts a
+    private local Ray on loopback, else the cluster to connect to (``host:port``, ``ray://host:port`` or
+    ``auto``); ``ray_actors`` inference actors, each reserving ``ray_gpus_per_actor`` GPUs and
+    ``ray_cpus_per_actor`` CPUs; ``ray_cpus_per_task`` CPUs per file decoding task; ``ray_max_in_flight``
+    files being decoded at once (None: ``2 * ray_actors * batch_size``); ``ray_retries`` retries of a file
+    whose worker process died; ``ray_connect_timeout`` seconds to wait for the cluster to answer.
     """
 
     input_path: Path
@@ -102,6 +118,15 @@ class RunConfig:
     decoder: str = "auto"
     save_crops: bool = False
     report: bool = False
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 1
+    ray_gpus_per_actor: float = 0.0
+    ray_cpus_per_actor: float = 1.0
+    ray_cpus_per_task: float = 1.0
+    ray_max_in_flight: int | None = None
+    ray_retries: int = 2
+    ray_connect_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         # Normalise (frozen: through object.__setattr__) so that equal settings compare equal.
@@ -144,6 +169,20 @@ class RunConfig:
                 raise UsageError(f"{', '.join(given)} only apply to --backend onnxruntime")
         if self.preset is not None:
             self.check_preset(self.preset)
+        self._validate_engine()
+
+    def _validate_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise UsageError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.engine != "ray":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            given = [flag for flag, name in RAY_ONLY.items() if getattr(self, name) != defaults[name]]
+            if given:
+                raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+            return
+        from mmdet_deploy.runtime.ray_engine.cluster import check_options  # imports no ray
+
+        check_options(self)
 
     def check_preset(self, preset: str) -> None:
         """Refuse faces-only options with another preset (also called once the contract's preset is known)."""
@@ -257,8 +296,12 @@ def build_preprocessor(
 
 
 def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Preprocessor,
-                 backend: Backend) -> dict[str, object]:
-    """The settings recorded in ``run.json`` (those that change predictions are checked on resume)."""
+                 backend: Backend | Mapping[str, Any]) -> dict[str, object]:
+    """The settings recorded in ``run.json`` (those that change predictions are checked on resume).
+
+    ``backend`` is the open backend or its :meth:`~Backend.describe` facts (an engine whose backends run
+    elsewhere). The engine is recorded but not checked: a run may be resumed by the other engine.
+    """
     return {
         "checkpoint_sha256": contract.checkpoint_sha256, "head": contract.head, "config": contract.config,
         "precision": contract.precision, "preset": preprocessor.preset,
@@ -267,9 +310,22 @@ def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Prepr
         "face_detectors": list(preprocessor.faces.names) if preprocessor.faces else [],
         "face_chain": preprocessor.faces.chain if preprocessor.faces else None,
         "model": str(config.model.resolve()), "input": str(config.input_path.resolve()),
-        "backend": backend.describe(), "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
-        "save_crops": config.save_crops,
+        "backend": dict(backend) if isinstance(backend, Mapping) else backend.describe(),
+        "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
+        "save_crops": config.save_crops, "engine": config.engine,
     }
+
+
+#: ``on_file(row, prepared, window_probs)``: the review outputs of one file, called just before its row is
+#: written (``prepared`` None for error and skipped rows).
+OnFile = Callable[[ResultRow, PreparedFile | None, list[float]], None]
+#: An engine's scoring step: ``score(files to do, preprocessor, sink, on_row, on_file) -> stats``. For each
+#: finished file it calls ``on_file``, writes the row with ``sink.write`` (or ``sink.writer``), then ``on_row``.
+Scorer = Callable[[list[MediaItem], Preprocessor, ResultsSink, Callable[[ResultRow], None], OnFile], PipelineStats]
+
+
+def _as_hook(progress: ProgressHook | Callable[[ResultRow], None] | None) -> ProgressHook:
+    return progress if isinstance(progress, ProgressHook) else _CallbackHook(progress)
 
 
 def run_folder(
@@ -281,58 +337,83 @@ def run_folder(
     folder that holds another run, or a backend failure (rows already written stay on disk and
     ``predictions.csv`` matches them); a bad input file never raises, it gets an ``error`` row.
     """
+    hook = _as_hook(progress)
+    if config.engine == "ray":
+        from mmdet_deploy.runtime.ray_engine.driver import run_ray
+
+        return run_ray(config, hook)
     config.check_paths()
-    hook = progress if isinstance(progress, ProgressHook) else _CallbackHook(progress)
     # Model, contract and detectors first: a bad model is reported before anything is read or written.
     backend = open_backend(config)
     try:
         assert backend.contract is not None  # set by open()
-        contract = backend.contract
+
+        def score(todo: list[MediaItem], preprocessor: Preprocessor, sink: ResultsSink,
+                  on_row: Callable[[ResultRow], None], on_file: OnFile) -> PipelineStats:
+            return run_inference(todo, preprocessor, backend, writer=sink.writer, batch_size=config.batch_size,
+                                 workers=config.workers, threshold=config.threshold, on_row=on_row,
+                                 on_file=on_file)
+
         # On a GPU the face detector runs on the model's own ONNX Runtime providers.
         gpu = config.device != "cpu" and backend.name == "onnxruntime"
-        preprocessor = build_preprocessor(config, contract, getattr(backend, "providers", None) if gpu else None)
-        items = discover(config.input_path, exclude=[config.out])
-        if not any(item.is_media for item in items):
-            message = f"{config.input_path}: found no image or video files ({len(items)} other files)"
-            logger.error("%s", message)
-            return RunSummary(EXIT_FAILURE, config.out, PipelineStats(), backend=backend.describe(),
-                              message=message)
-        settings = run_settings(config, contract, preprocessor, backend)
-        with ResultsSink(config.out, resume=config.resume, overwrite=config.overwrite,
-                         error_label=config.error_label) as sink:
-            sink.start(settings)
-            todo = sink.pending(items)
-            # faces.csv, windows.csv, crops/, thumbs/: written for each file just before its row.
-            done = {row.filename for row in sink.rows} if config.resume else None
-            recorder = RunRecorder(config.out, preprocessor.preset, done=done, save_crops=config.save_crops,
-                                   thumbnails=config.report)
-            try:
-                hook.start(len(todo))
-                try:
-                    with recorder:
-                        stats = run_inference(todo, preprocessor, backend, writer=sink.writer,
-                                              batch_size=config.batch_size, workers=config.workers,
-                                              threshold=config.threshold, on_row=hook.advance,
-                                              on_file=recorder.record)
-                finally:
-                    hook.stop()
-            finally:
-                # Also after Ctrl-C or a backend failure: predictions.csv always matches results.csv.
-                sink.write_predictions()
-            sink.write_summary(stats.to_dict() | {"backend": backend.describe(), "previous_rows": len(sink.previous),
-                                                  "face_chain": settings["face_chain"],
-                                                  "face_detectors": settings["face_detectors"]})
-            failed = sink.failed
-        report_path = None
-        if config.report:
-            from mmdet_deploy.runtime.report import build_report
-
-            report_path = build_report(config.out)
-        return RunSummary(
-            EXIT_FAILURE if failed else EXIT_OK, config.out, stats, previous_rows=len(sink.previous),
-            failed=failed, results_path=sink.results_path, predictions_path=sink.predictions_path,
-            manifest_path=sink.manifest_path, summary_path=sink.summary_path, report_path=report_path,
-            backend=backend.describe(),
-        )
+        face_providers = getattr(backend, "providers", None) if gpu else None
+        return score_items(config, backend.contract, backend.describe(), score, hook, face_providers=face_providers)
     finally:
         backend.close()
+
+
+def score_items(
+    config: RunConfig,
+    contract: ModelContract,
+    backend_facts: Mapping[str, Any],
+    score: Scorer,
+    progress: ProgressHook | Callable[[ResultRow], None] | None = None,
+    items: list[MediaItem] | None = None,
+    face_providers: Sequence[str] | None = None,
+) -> RunSummary:
+    """Everything of a run but the scoring: preprocessor, discovery (unless ``items`` are given), ``run.json``,
+    resume, progress, ``predictions.csv`` (also after an abort) and ``summary.json``, around ``score``.
+    ``face_providers``: ONNX Runtime providers of the BlazeFace detectors (None: CPU)."""
+    hook = _as_hook(progress)
+    preprocessor = build_preprocessor(config, contract, face_providers)
+    if items is None:
+        items = discover(config.input_path, exclude=[config.out])
+    if not any(item.is_media for item in items):
+        message = f"{config.input_path}: found no image or video files ({len(items)} other files)"
+        logger.error("%s", message)
+        return RunSummary(EXIT_FAILURE, config.out, PipelineStats(), backend=dict(backend_facts), message=message)
+    settings = run_settings(config, contract, preprocessor, backend_facts)
+    with ResultsSink(config.out, resume=config.resume, overwrite=config.overwrite,
+                     error_label=config.error_label) as sink:
+        sink.start(settings)
+        todo = sink.pending(items)
+        # faces.csv, windows.csv, crops/, thumbs/: written for each file just before its row.
+        done = {row.filename for row in sink.rows} if config.resume else None
+        recorder = RunRecorder(config.out, preprocessor.preset, done=done, save_crops=config.save_crops,
+                               thumbnails=config.report)
+        try:
+            hook.start(len(todo))
+            try:
+                with recorder:
+                    stats = score(todo, preprocessor, sink, hook.advance, recorder.record)
+            finally:
+                hook.stop()
+        finally:
+            # Also after Ctrl-C or a backend failure: predictions.csv always matches results.csv.
+            sink.write_predictions()
+        report = stats.to_dict() | {"engine": config.engine, "backend": dict(backend_facts),
+                                    "previous_rows": len(sink.previous), "face_chain": settings["face_chain"],
+                                    "face_detectors": settings["face_detectors"]}
+        sink.write_summary(report)
+        failed = sink.failed
+    report_path = None
+    if config.report:
+        from mmdet_deploy.runtime.report import build_report
+
+        report_path = build_report(config.out)
+    return RunSummary(
+        EXIT_FAILURE if failed else EXIT_OK, config.out, stats, previous_rows=len(sink.previous),
+        failed=failed, results_path=sink.results_path, predictions_path=sink.predictions_path,
+        manifest_path=sink.manifest_path, summary_path=sink.summary_path, report_path=report_path,
+        backend=dict(backend_facts),
+    )
