@@ -104,6 +104,19 @@ class TorchBackend(Backend):
         self._model = model
         self.contract = self._make_contract(model)
 
+    def reconfigure(self, **options: Any) -> None:
+        """Change ``precision``, ``sdpa`` or ``cuda_graphs`` of an open backend without reloading the weights
+        (benchmarks compare them on one loaded model); captured graphs are dropped."""
+        allowed = {"precision", "sdpa", "cuda_graphs"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise UsageError(f"torch backend: reconfigure accepts {sorted(allowed)}, not {unknown}")
+        check = type(self)(self.model_path, device=self.device, **{**self.options, **options})  # validates only
+        self.options = check.options
+        self._graphs.clear()
+        if self._model is not None:
+            self.contract = self._make_contract(self._model)
+
     def _make_contract(self, model: Any) -> ModelContract:
         info = getattr(model, "checkpoint_info", None) or getattr(
             getattr(model, "_orig_mod", None), "checkpoint_info", None
