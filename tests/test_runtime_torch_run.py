@@ -56,7 +56,8 @@ def test_torch_backend_scores_like_onnxruntime(media: Path, tiny_checkpoint: Pat
     assert len(diffs) == 2 and max(diffs) <= TOLERANCE, diffs
     manifest = json.loads((tmp_path / "torch" / "run.json").read_text())
     backend = manifest["backend"]
-    assert manifest["config"] == "tiny" and backend["backend"] == "torch" and backend["config"] == "tiny" and backend["precision"] == "fp32"
+    assert manifest["config"] == "tiny" and backend["backend"] == "torch"
+    assert backend["config"] == "tiny" and backend["precision"] == "fp32"
 
 
 def test_torch_backend_in_worker_processes(media: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from mmdet_deploy.benchmarks.machine import load_average
-from mmdet_deploy.benchmarks.media import SIZE_720P, video_codec, write_video
+from mmdet_deploy.benchmarks.synthetic_media import SIZE_720P, video_codec, write_video
 from mmdet_deploy.contract import FRAMES, ModelContract
 from mmdet_deploy.deps import available
 from mmdet_deploy.runtime.decode import resolve_decoder
-from mmdet_deploy.runtime.media import VIDEO, MediaItem
+from mmdet_deploy.runtime.discovery import VIDEO, MediaItem
 from mmdet_deploy.runtime.preprocess import MAX_SECONDS, PreparedFile, Preprocessor
 
 MODES = ("threads", "processes")

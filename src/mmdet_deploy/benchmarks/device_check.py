@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in env["missing"]:
             print(f"missing module: {name} (used by {MODULES[name]})", file=sys.stderr)
     elif args.command == "media":
-        from mmdet_deploy.benchmarks.media import MediaSpec, generate_media, media_summary
+        from mmdet_deploy.benchmarks.synthetic_media import MediaSpec, generate_media, media_summary
 
         spec = MediaSpec(videos=args.videos, images=args.images, seconds=args.seconds, fps=args.fps)
         files = generate_media(args.folder, spec, workers=args.workers)

@@ -35,7 +35,7 @@ import numpy as np
 
 from mmdet_deploy.benchmarks.flops import flops_per_clip, measure_peak_tflops
 from mmdet_deploy.benchmarks.machine import machine_info
-from mmdet_deploy.benchmarks.media import sample_clips
+from mmdet_deploy.benchmarks.synthetic_media import sample_clips
 from mmdet_deploy.benchmarks.timing import TimingPolicy, measure
 from mmdet_deploy.errors import MMDetError
 from mmdet_deploy.parity import compare_logits
