@@ -68,14 +68,16 @@ def video_codec() -> str:
     return "h264" if available("av") else "mpeg4"
 
 
-def write_video(path: Path, seed: int, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = SIZE_720P) -> Path:
-    """Write an MP4 of ``seconds`` at ``fps`` with a moving face (H.264 yuv420p, or ``mp4v`` without PyAV)."""
+def write_video(path: Path, seed: int, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = SIZE_720P,
+                codec: str | None = None) -> Path:
+    """Write an MP4 of ``seconds`` at ``fps`` with a moving face: ``codec`` ``h264`` (yuv420p, PyAV) or
+    ``mpeg4`` (OpenCV ``mp4v``); None takes :func:`video_codec`."""
     rng = np.random.default_rng(seed)
     head = astronaut_head()
     width, height = size
     background = _background(rng, width, height)
     n = max(1, int(round(seconds * fps)))
-    if video_codec() == "mpeg4":
+    if (codec or video_codec()) == "mpeg4":
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot write {path} (no mp4v encoder; install PyAV: pip install av)")
@@ -122,9 +124,9 @@ class MediaSpec:
     seed: int = 0
 
 
-def _write_one(path: Path, seed: int, spec: MediaSpec) -> Path:
+def _write_one(path: Path, seed: int, spec: MediaSpec, codec: str) -> Path:
     if path.suffix == ".mp4":
-        return write_video(path, seed, spec.seconds, spec.fps)
+        return write_video(path, seed, spec.seconds, spec.fps, codec=codec)
     return write_image(path, seed)
 
 
@@ -144,13 +146,14 @@ def generate_media(folder: Path, spec: MediaSpec = MediaSpec(), workers: int = 1
     ):
         return files
     seeds = [spec.seed * 1000 + i for i in range(len(files))]
+    codec = video_codec()  # decided once here: worker processes must not each decide
     if workers > 1 and len(files) > 1:
         with ProcessPoolExecutor(min(workers, len(files)), mp_context=get_context("spawn")) as pool:
-            list(pool.map(_write_one, files, seeds, [spec] * len(files)))
+            list(pool.map(_write_one, files, seeds, [spec] * len(files), [codec] * len(files)))
     else:
         for path, seed in zip(files, seeds, strict=True):
-            _write_one(path, seed, spec)
-    manifest.write_text(repr(spec) + f" codec={video_codec()}")
+            _write_one(path, seed, spec, codec)
+    manifest.write_text(repr(spec) + f" codec={codec}")
     return files
 
 
