@@ -33,7 +33,7 @@ HELP = {
     "preset": "faces (seed: face crops) or frames (official: centre crops). Default: the model's contract.",
     "workers": "Workers (threads, or processes with --decode-processes) that decode and crop ahead of inference.",
     "decode_processes": "Run the --workers as processes, not threads: decoding and face detection scale across "
-    "cores past the GIL (worth it from about 4 workers on; each process costs ~0.5 s to start).",
+    "cores past the GIL. For many-core hosts (about 8 cores and up); each process takes 0.5-2 s to start.",
     "max_windows": "frames preset: score at most N windows (of 10 frames) per video.",
     "face_chain": "faces preset: default (BlazeFace full-range, dlib, Haar) or seed (the notebook's: BlazeFace "
     "short-range, dlib, Haar). Detectors not installed are skipped.",
