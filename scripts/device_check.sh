@@ -19,9 +19,9 @@
 #   media     a folder of generated 720p media (10 s videos at 30 fps: exact decode of 300 frames, 10 kept)
 #   gpu_check fp32/fp16/bf16 x SDPA kernels x CUDA graphs vs fp32: parity, p50 ms/clip at batch 1/8/32, peak GPU
 #             memory, TFLOP/s as a share of the measured bf16 matmul peak (benchmarks/gpu_check.py)
-#   e2e       mmdet-run --backend torch --device cuda --workers 16 --decode-processes (then threads) on the folder
-#   decode    decode frames/s per core and its scaling, threads vs processes (benchmarks/decode.py)
+#   e2e       mmdet-run --backend torch --device cuda --workers 16 --decode-processes on the folder
 #   bench     mmdet-bench --device cuda: the committed report
+#   decode    decode frames/s per core and its scaling, threads vs processes at 1/4/16 (benchmarks/decode.py)
 # Python: $PYTHON, else .venv/bin/python when present, else python3 (the GPU machine's, with torch). The package
 # is used from src/ (PYTHONPATH), nothing is installed; wheels carried in .whl/ (e.g. PyAV, see
 # /work/.library/device/README.md) are unpacked into the scratch folder first, without the network.
@@ -58,17 +58,18 @@ fi
 if [ $DRY = 1 ]; then
     BUDGET=${DEVICE_CHECK_BUDGET:-300}; DEVICE=cpu; CONFIG=tiny; BATCHES=1; WORKERS=2
     MEDIA=(--videos 2 --images 1 --seconds 2 --fps 25)
-    GPU_ARGS=(--batches 1 --warmup 0 --min-reps 1 --time-budget 0 --parity-clips 1 --threads 2)
+    GPU_ARGS=(--batches 1 --warmup 0 --min-reps 1 --time-budget 0 --parity-clips 1 --threads 2 --deadline-s 100
+              --no-host-timing)
     DECODE_ARGS=(--workers 1,2 --copies 2 --seconds 2 --fps 25 --no-prepare)
     BENCH_ARGS=(--config tiny --device cpu --quick --rows torch-eager-fp32 --batch-sizes 1 --fidelity-clips 1
                 --min-reps 1 --warmup 0 --time-budget 0 --workers 2)
 else
     BUDGET=${DEVICE_CHECK_BUDGET:-450}; DEVICE=cuda; CONFIG=base; BATCHES=1,8,32; WORKERS=16
     MEDIA=(--videos 48 --images 16 --seconds 10 --fps 30)
-    GPU_ARGS=(--batches 1,8,32 --warmup 2 --min-reps 5 --time-budget 0.5 --parity-clips 8)
-    DECODE_ARGS=(--workers 1,4,8,16 --copies 32 --seconds 10 --fps 30)
+    GPU_ARGS=(--batches 1,8,32 --warmup 2 --min-reps 5 --time-budget 0.3 --parity-clips 8 --deadline-s 100)
+    DECODE_ARGS=(--workers 1,4,16 --copies 2 --per-worker 2 --seconds 10 --fps 30)
     BENCH_ARGS=(--config base --device cuda --batch-sizes 1,8,32 --rows torch-eager-fp32,torch-fp16-graphs,torch-bf16-graphs
-                --min-reps 5 --warmup 2 --time-budget 1 --workers 16)
+                --min-reps 5 --warmup 2 --time-budget 0.5 --workers 16)
 fi
 START=$SECONDS
 FAILED=0
@@ -119,21 +120,19 @@ REPORT_NAME=$(grep -m 1 -E '^(gpu-[a-z0-9-]+|cpu)$' "$WORK/logs/env.log" 2>/dev/
 WEIGHTS=$WORK/demo-$CONFIG.pth
 step weights 90 "$PY" -c "$DEMO_WEIGHTS" "$WEIGHTS" "$CONFIG"
 step media 120 "$PY" -m mmdet_deploy.benchmarks.device_check media "$WORK/media" "${MEDIA[@]}"
-step gpu_check 150 "$PY" -m mmdet_deploy.benchmarks.gpu_check --weights "$WEIGHTS" --config "$CONFIG" \
-    --device "$DEVICE" --out "$WORK/gpu_check" --deadline-s 120 "${GPU_ARGS[@]}"
-for kind in processes threads; do
-    flag=--decode-processes; [ $kind = threads ] && flag=--decode-threads
-    extra=(); [ $DRY = 0 ] && extra=(--precision bf16 --cuda-graphs)
-    step "e2e-$kind" 90 "$PY" -c "$RUN_CLI" "$WORK/media" --model "$WEIGHTS" --backend torch --device "$DEVICE" \
-        --config "$CONFIG" --out "$WORK/e2e-$kind" --workers "$WORKERS" "$flag" --batch-size 16 \
-        --face-detectors haar --overwrite -q "${extra[@]}"
-done
-step decode 90 "$PY" -m mmdet_deploy.benchmarks.decode --out "$WORK/decode" "${DECODE_ARGS[@]}"
+step gpu_check 130 "$PY" -m mmdet_deploy.benchmarks.gpu_check --weights "$WEIGHTS" --config "$CONFIG" \
+    --device "$DEVICE" --out "$WORK/gpu_check" "${GPU_ARGS[@]}"
+# Threads vs processes at 16 workers is the decode step's comparison; the run itself uses processes.
+extra=(); [ $DRY = 0 ] && extra=(--precision bf16 --cuda-graphs)
+step e2e-processes 90 "$PY" -c "$RUN_CLI" "$WORK/media" --model "$WEIGHTS" --backend torch --device "$DEVICE" \
+    --config "$CONFIG" --out "$WORK/e2e-processes" --workers "$WORKERS" --decode-processes --batch-size 16 \
+    --face-detectors haar --overwrite -q "${extra[@]}"
 if step bench 300 "$PY" -c "$BENCH_CLI" --out "$WORK/bench" --weights "$WEIGHTS" "${BENCH_ARGS[@]}"; then
     mkdir -p "$OUT/$REPORT_NAME"
     cp "$WORK/bench/report.md" "$WORK/bench/report.json" "$OUT/$REPORT_NAME/"
     [ -f "$WORK/bench/report.png" ] && cp "$WORK/bench/report.png" "$OUT/$REPORT_NAME/"
 fi
+step decode 100 "$PY" -m mmdet_deploy.benchmarks.decode --out "$WORK/decode" "${DECODE_ARGS[@]}"
 summarise
 [ $KEEP_WORK = 1 ] || rm -rf "$WORK"
 echo "device check: $(( SECONDS - START )) s; see $OUT/summary.md" >&2

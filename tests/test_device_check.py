@@ -114,5 +114,5 @@ def test_probe_and_summary(tmp_path: Path) -> None:
     assert "| bench | timed out | 300.0 |" in text and "| decode | skipped |" in text
     assert "**120.00 files/s**" in text and "target >= 100 files/s: met" in text
     assert "14400 over 48 videos (300.0 per video)" in text
-    assert "e2e-threads: no summary" in text and "no report (step did not run or failed)" in text
+    assert "no report (step did not run or failed)" in text and "not measured (step did not run" in text
     assert device_check.slug("NVIDIA H200") == "nvidia-h200"

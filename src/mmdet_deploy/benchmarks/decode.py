@@ -9,7 +9,8 @@ The measured work is the runtime's own: :func:`mmdet_deploy.runtime.decode.read_
 faces preset's exact decode of the first 10 s (every frame decoded in order, 10 kept; 300 frames of a
 30 fps file), and :func:`~mmdet_deploy.runtime.prepare.prepare_file` (decode, face detection, crops)
 through the runtime's thread and process pools. Each configuration reads ``copies`` copies of one
-generated 720p video (so every task costs the same), after an untimed warm-up that also starts the
+generated 720p video (so every task costs the same; ``--per-worker N`` raises that to N files per worker, so
+that many workers are not timed on a handful of files), after an untimed warm-up that also starts the
 worker processes: figures are steady-state throughput, and the process start-up is reported apart.
 PyAV's own frame threading (one file, ``thread_type="AUTO"``) is measured beside FFmpeg's default.
 Writes ``decode.json`` and ``decode.md`` in ``--out``.
@@ -117,7 +118,7 @@ def pyav_threading(path: Path, limit: int) -> list[dict[str, Any]]:
 
 
 def run(out: Path, workers: Sequence[int], copies: int, seconds: float, fps: int, decoder: str,
-        prepare: bool = True) -> dict[str, Any]:  # fmt: skip
+        prepare: bool = True, per_worker: int = 0) -> dict[str, Any]:  # fmt: skip
     """Generate the test video, measure every configuration, write ``decode.json`` and ``decode.md``."""
     media = out / "media"
     media.mkdir(parents=True, exist_ok=True)
@@ -126,8 +127,10 @@ def run(out: Path, workers: Sequence[int], copies: int, seconds: float, fps: int
         write_video(source, seed=7, seconds=seconds, fps=fps)
     # hard links (copies where links fail): distinct paths, identical work, no extra disk
     files = []
-    copies = max(copies, *workers)  # the warm-up gives each worker one file
-    for i in range(copies):
+    def count(n: int) -> int:  # files timed with n workers; the warm-up gives each worker one file
+        return max(copies, n, per_worker * n)
+
+    for i in range(max(count(n) for n in workers)):
         link = media / f"copy_{i:03d}.mp4"
         if not link.exists():
             try:
@@ -140,13 +143,13 @@ def run(out: Path, workers: Sequence[int], copies: int, seconds: float, fps: int
         "video": {"path": source.name, "resolution": f"{SIZE_720P[0]}x{SIZE_720P[1]}", "seconds": seconds,
                   "fps": fps, "codec": video_codec(), "bytes": source.stat().st_size},
         "decoder": chosen, "cores": os.cpu_count(), "load_average_before": load_average(), "copies": copies,
-        "span_frames": int(fps * MAX_SECONDS), "rows": [],
+        "per_worker": per_worker, "span_frames": int(fps * MAX_SECONDS), "rows": [],
     }  # fmt: skip
     for n in workers:
         for mode in MODES:
-            report["rows"].append(_decode_rate(files, chosen, n, mode))
+            report["rows"].append(_decode_rate(files[: count(n)], chosen, n, mode))
             if prepare:
-                report["rows"].append(_prepare_rate(files, chosen, n, mode))
+                report["rows"].append(_prepare_rate(files[: count(n)], chosen, n, mode))
     report["pyav_threading"] = pyav_threading(source, min(int(fps * MAX_SECONDS), 300))
     report["load_average_after"] = load_average()
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +163,8 @@ def markdown(report: dict[str, Any]) -> str:
     v = report["video"]
     lines = [
         f"Decode throughput: {v['resolution']} {v['codec']}, {v['seconds']:g} s at {v['fps']} fps, decoder "
-        f"{report['decoder']}, {report['copies']} copies per configuration, {report['cores']} cores, "
+        f"{report['decoder']}, {report['copies']} copies per configuration (at least {report.get('per_worker', 0)} "
+        f"per worker), {report['cores']} cores, "
         f"load average {report['load_average_before']} before / {report['load_average_after']} after.",
         "",
         "| work | mode | workers | files/s | frames/s | frames/s per worker | warm-up s |",
@@ -184,13 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--copies", type=int, default=8, help="files per configuration")
+    parser.add_argument("--per-worker", type=int, default=0, help="at least this many files per worker")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--decoder", default="auto")
     parser.add_argument("--no-prepare", action="store_true", help="decode only (no face detection rows)")
     args = parser.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    report = run(args.out, workers, args.copies, args.seconds, args.fps, args.decoder, prepare=not args.no_prepare)
+    report = run(args.out, workers, args.copies, args.seconds, args.fps, args.decoder, prepare=not args.no_prepare,
+                 per_worker=args.per_worker)
     print(markdown(report), end="")
     return 0
 

@@ -33,6 +33,8 @@ MODULES = {
     "skimage": "media (face picture)", "psutil": "bench (memory)", "matplotlib": "bench (report.png)",
     "triton": "torch.compile rows (not run)", "tensorrt": "TensorRT rows (not expected on the lent machine)",
 }  # fmt: skip
+#: The mmdet-run folders the script writes (WORK/NAME/summary.json).
+E2E_RUNS = ("e2e-processes",)
 #: Issue 17's end-to-end target (media files per second on the GPU machine).
 TARGET_FILES_PER_S = 100.0
 
@@ -139,7 +141,7 @@ def summarise(out: Path, work: Path, dry_run: bool) -> dict[str, Any]:
     steps = _steps(work)
     gpu = _load(work / "gpu_check" / "gpu_check.json")
     decode = _load(work / "decode" / "decode.json")
-    e2e = {k: _load(work / k / "summary.json") for k in ("e2e-processes", "e2e-threads")}
+    e2e = {k: _load(work / k / "summary.json") for k in E2E_RUNS}
     bench_dirs = sorted(p for p in out.glob("*") if p.is_dir() and (p / "report.json").is_file())
     bench = _load(bench_dirs[0] / "report.json") if bench_dirs else None
     summary = {"dry_run": dry_run, "env": env, "steps": steps, "gpu_check": gpu, "decode": decode, "e2e": e2e,
