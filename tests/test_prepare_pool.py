@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,15 @@ class CrashingPreprocessor(Preprocessor):
     def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
         if Path(path).name.startswith("crash"):
             os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(path, kind)
+
+
+class HangingPreprocessor(Preprocessor):
+    """Never finishes files whose name starts with ``hang`` (what a decoder stuck on a bad stream does)."""
+
+    def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
+        if Path(path).name.startswith("hang"):
+            time.sleep(3600)
         return super().__call__(path, kind)
 
 
@@ -150,3 +160,23 @@ def test_cancelled_shutdown_stops_the_processes(folder: Path) -> None:
     assert not any(w.process.is_alive() for w in pool._workers)
     with pytest.raises(RuntimeError, match="after shutdown"):
         pool.submit_file(_media(folder)[0])
+
+
+def test_a_stopped_file_gets_its_reason_and_the_pool_goes_on(folder: Path, tmp_path: Path) -> None:
+    """What a per-file time limit does: the stuck process is killed, its file becomes an error row."""
+    (tmp_path / "hang.png").write_bytes((folder / "face.png").read_bytes())
+    pool = ProcessPreparePool(HangingPreprocessor(CONTRACT, "frames"), 1)
+    try:
+        stuck = pool.submit_file(MediaItem(tmp_path / "hang.png", "hang.png", "image"))
+        queued = pool.submit_file(MediaItem(folder / "face.png", "face.png", "image"))
+        deadline = time.monotonic() + 120
+        while not stuck.running() and time.monotonic() < deadline:  # the process took the file
+            time.sleep(0.05)
+        reason = "took longer than the 1 s per-file limit"
+        assert pool.stop_file(stuck, reason)
+        row = stuck.result(timeout=60)
+        assert isinstance(row, ResultRow) and (row.status, row.reason) == (ERROR, reason)
+        assert isinstance(queued.result(timeout=120), PreparedFile)  # a new process carried on
+        assert not pool.stop_file(queued, "too late")  # already finished
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

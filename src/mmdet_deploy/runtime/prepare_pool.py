@@ -59,6 +59,8 @@ class PreparePool(Protocol):
 
     def submit_file(self, item: MediaItem) -> Future[Outcome]: ...
 
+    def stop_file(self, future: Future[Outcome], reason: str) -> bool: ...
+
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
 
@@ -73,6 +75,10 @@ class ThreadPreparePool:
 
     def submit_file(self, item: MediaItem) -> Future[Outcome]:
         return self._pool.submit(prepare_file, self.preprocessor, item)
+
+    def stop_file(self, future: Future[Outcome], reason: str) -> bool:
+        """Threads cannot be stopped: False (a file not yet started is cancelled instead)."""
+        return future.cancel()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -134,6 +140,8 @@ class _Worker:
     conn: Connection
     task: _Task | None = None
     ready: bool = False
+    #: Why the pool killed this worker (a per-file time limit, say): the reason of its file's error row.
+    kill_reason: str | None = None
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -190,6 +198,20 @@ class ProcessPreparePool:
             self._pending.append(_Task(item, future))
             self._wake()
         return future
+
+    def stop_file(self, future: Future[Outcome], reason: str) -> bool:
+        """Stop the file of ``future`` now (a per-file time limit, say): a queued file is cancelled; a running
+        one's process is killed, the file gets an ``error`` row with ``reason`` and a new process takes its
+        place. False when the file had already finished."""
+        with self._lock:
+            if future.cancel():
+                return True
+            for worker in self._workers:
+                if worker.task is not None and worker.task.future is future and not future.done():
+                    worker.kill_reason = reason
+                    worker.process.kill()
+                    return True
+        return False
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         """Stop accepting files. ``cancel_futures``: drop queued files and stop the running ones now (their
@@ -304,7 +326,7 @@ class ProcessPreparePool:
             self._workers.remove(worker)
             if task is not None:
                 self.crashes += 1
-                reason = f"the preprocessing process died while reading this file ({how})"
+                reason = worker.kill_reason or f"the preprocessing process died while reading this file ({how})"
                 logger.warning("%s: %s; a new process takes its place", task.item.path, reason)
                 task.future.set_result(ResultRow(task.item.name, status=ERROR, reason=reason, kind=task.item.kind,
                                                  seconds=time.perf_counter() - task.started))
