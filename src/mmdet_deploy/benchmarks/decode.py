@@ -48,6 +48,7 @@ def decode_one(path: Path, decoder: str) -> int:
 
 
 def _decode_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) -> dict[str, Any]:
+    """Frames/s of :func:`decode_one` over ``files`` in ``workers`` threads or (spawned) processes."""
     executor: Any
     if mode == "threads":
         executor = ThreadPoolExecutor(workers)
@@ -64,6 +65,7 @@ def _decode_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) -
 
 
 def _prepare_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) -> dict[str, Any]:
+    """Files/s of the runtime's own pools (decode + Haar faces + crops) over ``files``."""
     from mmdet_deploy.runtime.prepare_pool import open_prepare_pool
 
     # Haar alone: in every OpenCV build, so the figure means the same on every machine
@@ -86,7 +88,9 @@ def _prepare_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) 
     return _figures("prepare (decode + faces + crops)", mode, workers, len(files), frames, wall, warm_s)
 
 
-def _figures(work: str, mode: str, workers: int, files: int, frames: int, wall: float, warm_s: float) -> dict:
+def _figures(work: str, mode: str, workers: int, files: int, frames: int, wall: float,
+             warm_s: float) -> dict[str, Any]:  # fmt: skip
+    """Throughput of one configuration; ``warm_s`` is the untimed warm-up (process start-up included)."""
     return {
         "work": work, "mode": mode, "workers": workers, "files": files, "frames": frames, "wall_s": wall,
         "files_per_s": files / wall, "fps": frames / wall, "fps_per_worker": frames / wall / workers,
