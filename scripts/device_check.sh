@@ -11,7 +11,7 @@
 # Bulky work files (demo weights, generated media) go to a scratch folder, deleted at the end unless --work DIR.
 #
 # Steps, each under `timeout` and inside an overall deadline (DEVICE_CHECK_BUDGET seconds: 450 by default;
-# 300 for --dry-run, a cap against runaway steps, as it takes 1-2 minutes on 2 idle cores). The summary and the
+# 420 for --dry-run, a cap against runaway steps: it needs about 80 CPU-seconds, 1-2 minutes on 2 idle cores). The summary and the
 # tarball are rewritten after every step, so a run cut short keeps what it measured. The exit status is 1 when
 # any step failed, timed out or was skipped for lack of time.
 #   env       modules, versions, GPU (missing modules are listed, not fatal)
@@ -56,13 +56,14 @@ if compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
 fi
 
 if [ $DRY = 1 ]; then
-    BUDGET=${DEVICE_CHECK_BUDGET:-300}; DEVICE=cpu; CONFIG=tiny; BATCHES=1; WORKERS=2
+    BUDGET=${DEVICE_CHECK_BUDGET:-420}; DEVICE=cpu; CONFIG=tiny; BATCHES=1; WORKERS=2
     MEDIA=(--videos 2 --images 1 --seconds 2 --fps 25)
     GPU_ARGS=(--batches 1 --warmup 0 --min-reps 1 --time-budget 0 --parity-clips 1 --threads 2 --deadline-s 100
               --no-host-timing)
     DECODE_ARGS=(--workers 1,2 --copies 2 --seconds 2 --fps 25 --no-prepare)
+    # --no-e2e: the bench's pipeline-vs-seed part would repeat the e2e step on the CPU (tests cover its logic)
     BENCH_ARGS=(--config tiny --device cpu --quick --rows torch-eager-fp32 --batch-sizes 1 --fidelity-clips 1
-                --min-reps 1 --warmup 0 --time-budget 0 --workers 2)
+                --min-reps 1 --warmup 0 --time-budget 0 --workers 2 --no-e2e)
 else
     BUDGET=${DEVICE_CHECK_BUDGET:-450}; DEVICE=cuda; CONFIG=base; BATCHES=1,8,32; WORKERS=16
     MEDIA=(--videos 48 --images 16 --seconds 10 --fps 30)
