@@ -6,8 +6,10 @@
     summary = run_inference(items, preprocessor, backend, writer=writer, batch_size=8, workers=2)
     summary.counts, summary.files_per_s, summary.stage_s, summary.wall_s
 
-Worker threads decode, find faces and crop (OpenCV, PyAV and numpy release the GIL for that work) while
-the calling thread batches clips *across files* and runs the backend. At most ``prefetch`` files are in
+Workers decode, find faces and crop while the calling thread batches clips *across files* and runs the
+backend. Workers are threads by default (OpenCV, PyAV and numpy release the GIL for most of that work), or
+processes (``processes=True``, :mod:`mmdet_deploy.runtime.prepare_pool`) where the GIL-bound Python parts
+would stop threads from scaling across many cores. At most ``prefetch`` files are in
 flight (the bounded queue: memory stays bounded and a slow model does not make decoding run away). When the
 next file is not ready the loop runs the clips it already has instead of waiting, so the model idles only
 when nothing at all is ready; that idle time is measured (``stage_s["waiting"]``).
@@ -21,7 +23,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,8 @@ from mmdet_deploy.contract import ORIGINAL, PROB_FAKE, RECONS
 from mmdet_deploy.errors import MMDetError, UsageError
 from mmdet_deploy.runtime.backends.base import Backend
 from mmdet_deploy.runtime.discovery import MediaItem
-from mmdet_deploy.runtime.prepare import prepare_file, scored_row, skipped_row
+from mmdet_deploy.runtime.prepare import scored_row, skipped_row
+from mmdet_deploy.runtime.prepare_pool import PreparePool, open_prepare_pool
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.results import SKIPPED, STATUSES, ResultRow, ResultsWriter
 
@@ -56,6 +59,11 @@ class PipelineStats:
     batches: int = 0
     workers: int = 0
     batch_size: int = 0
+    #: ``threads`` or ``processes``: where preprocessing ran.
+    worker_kind: str = "threads"
+    #: Videos read, and the frames decoded from them (every frame up to the sampling span is decoded).
+    videos_decoded: int = 0
+    frames_decoded: int = 0
 
     @property
     def files(self) -> int:
@@ -77,7 +85,14 @@ class PipelineStats:
             "wall_s": round(self.wall_s, 4), "files_per_s": round(self.files_per_s, 4),
             "stage_s": {k: round(v, 4) for k, v in self.stage_s.items()}, "windows": self.windows,
             "batches": self.batches, "workers": self.workers, "batch_size": self.batch_size,
+            "worker_kind": self.worker_kind, "videos_decoded": self.videos_decoded,
+            "frames_decoded": self.frames_decoded, "frames_decoded_per_video": round(self.frames_per_video, 2),
         }
+
+    @property
+    def frames_per_video(self) -> float:
+        """Frames decoded per video read (0 when no video was read)."""
+        return self.frames_decoded / self.videos_decoded if self.videos_decoded else 0.0
 
 
 @dataclass
@@ -115,12 +130,14 @@ def run_inference(
     threshold: float | None = None,
     on_row: Callable[[ResultRow], None] | None = None,
     on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None,
+    processes: bool = False,
 ) -> PipelineStats:
     """Score ``items`` and return a :class:`PipelineStats`; each finished row goes to ``writer`` and ``on_row``.
 
     ``batch_size`` is the number of clips (windows) per inference call, mixed across files; ``workers`` the
-    preprocessing threads; ``prefetch`` the most files in flight (default ``max(2 * workers, batch_size +
-    workers)``, enough to fill a batch of one-clip files). ``threshold`` defaults to the contract's.
+    preprocessing workers (threads, or processes when ``processes``); ``prefetch`` the most files in flight
+    (default ``max(2 * workers, batch_size + workers)``, enough to fill a batch of one-clip files).
+    ``threshold`` defaults to the contract's.
     ``on_file(row, prepared, window_probs)`` runs before each row is written (``prepared`` None for errors
     and skipped files): what a file's row refers to (faces.csv, crops) is on disk before the row is.
     Backend errors abort the run (rows already written stay on disk); file errors become ``error`` rows.
@@ -141,11 +158,13 @@ def run_inference(
     run.on_file = on_file
     run.summary.workers, run.summary.batch_size = workers, batch_size
     start = time.perf_counter()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmdet-prep")
+    pool = open_prepare_pool(preprocessor, workers, processes)
+    run.summary.worker_kind = pool.kind
     try:
         run.loop(iter(items), pool, prefetch)
     finally:
-        # On an abort, queued files are dropped; running ones finish (threads cannot be killed) and are lost.
+        # On an abort, queued files are dropped; running ones finish (threads cannot be killed; processes
+        # are stopped) and are lost.
         pool.shutdown(wait=True, cancel_futures=True)
         run.summary.wall_s = time.perf_counter() - start
     return run.summary
@@ -173,7 +192,7 @@ class _Run:
         self.slots: deque[_Slot] = deque()
         self.on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None
 
-    def loop(self, source: Iterable[MediaItem], pool: ThreadPoolExecutor, prefetch: int) -> None:
+    def loop(self, source: Iterable[MediaItem], pool: PreparePool, prefetch: int) -> None:
         source = iter(source)
         exhausted = False
         while True:
@@ -186,7 +205,7 @@ class _Run:
                 self._infer(parts)
             self._emit_ready()
 
-    def _top_up(self, source: Iterable[MediaItem], pool: ThreadPoolExecutor, prefetch: int) -> bool:
+    def _top_up(self, source: Iterable[MediaItem], pool: PreparePool, prefetch: int) -> bool:
         """Submit files until ``prefetch`` are in flight; True once the source is exhausted."""
         in_flight = sum(1 for slot in self.slots if slot.row is None)
         if in_flight >= prefetch:
@@ -195,7 +214,7 @@ class _Run:
             if not item.is_media:
                 self.slots.append(_Slot(item, row=skipped_row(item)))
                 continue
-            self.slots.append(_Slot(item, future=pool.submit(prepare_file, self.preprocessor, item)))
+            self.slots.append(_Slot(item, future=pool.submit_file(item)))
             in_flight += 1
             if in_flight >= prefetch:
                 return False
@@ -216,6 +235,9 @@ class _Run:
             self.summary.stage_s[stage] = self.summary.stage_s.get(stage, 0.0) + seconds
         slot.seconds = sum(prepared.timings.values())
         slot.prepared = prepared
+        if prepared.frames_decoded is not None:
+            self.summary.videos_decoded += 1
+            self.summary.frames_decoded += prepared.frames_decoded
 
     def _assemble(self) -> list[tuple[_Slot, int, int]]:
         """Windows for the next batch, oldest files first; blocks only when nothing at all is ready."""
@@ -249,10 +271,11 @@ class _Run:
             original, recon = slot.prepared.window_inputs(start, stop)
             originals.append(original)
             recons.append(recon)
-        batch = {
-            ORIGINAL: np.concatenate(originals) if len(originals) > 1 else originals[0],
-            RECONS: np.concatenate(recons) if len(recons) > 1 else recons[0],
-        }
+        original = np.concatenate(originals) if len(originals) > 1 else originals[0]
+        # recons = original (the seed's identity reconstruction): one array, so a backend can copy it once
+        same = all(a is b for a, b in zip(originals, recons, strict=True))
+        recon = original if same else (np.concatenate(recons) if len(recons) > 1 else recons[0])
+        batch = {ORIGINAL: original, RECONS: recon}
         t1 = time.perf_counter()
         outputs = self.backend.infer(batch)
         t2 = time.perf_counter()

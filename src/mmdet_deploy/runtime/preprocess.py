@@ -38,7 +38,14 @@ import numpy as np
 from mmdet_deploy.contract import PRESETS, ModelContract
 from mmdet_deploy.errors import ContractError, MediaError, UsageError
 from mmdet_deploy.runtime import frame_sampling
-from mmdet_deploy.runtime.decode import DEFAULT_MAX_PIXELS, load_image, open_video, resolve_decoder
+from mmdet_deploy.runtime.decode import (
+    DEFAULT_MAX_PIXELS,
+    FALLBACK_FPS,
+    load_image,
+    open_video,
+    read_sampled_frames,
+    resolve_decoder,
+)
 from mmdet_deploy.runtime.discovery import IMAGE, VIDEO, media_kind
 from mmdet_deploy.runtime.faces import FaceFinder, FaceRecord
 from mmdet_deploy.runtime.recons import IdentityReconstruction, ReconstructionSource
@@ -46,8 +53,6 @@ from mmdet_deploy.runtime.thumbnails import shrink
 
 #: The seed samples within the first 10 seconds of a video.
 MAX_SECONDS = 10.0
-#: Frame rate assumed for the 10-second limit when a container does not declare one.
-FALLBACK_FPS = 30.0
 #: frames preset without --max-windows: windows scored at most per video (10,000 frames, ~1.5 GB of crops).
 SAFETY_WINDOWS = 1000
 
@@ -148,6 +153,11 @@ class Preprocessor:
         preview_side: int = 0,
         **detector_options: Any,
     ) -> None:
+        # What a worker process needs to build its own copy (face detectors are not picklable): see __reduce__.
+        self._init_args: tuple[Any, ...] = (contract, preset, face_detectors, max_windows)
+        self._init_kwargs: dict[str, Any] = {"decoder": decoder, "max_pixels": max_pixels,
+                                             "max_seconds": max_seconds, "reconstruction": reconstruction,
+                                             "preview_side": preview_side, **detector_options}
         if contract.head == "fusion":
             raise ContractError(
                 "the model has the 'fusion' head, which also needs multimodal features (clip_feature, "
@@ -179,6 +189,10 @@ class Preprocessor:
         elif detector_options or face_detectors:
             unused = sorted(detector_options) + (["face_detectors"] if face_detectors else [])
             raise UsageError(f"face detector options {unused} only apply to the faces preset, not to '{self.preset}'")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the constructor's arguments: a worker process rebuilds its own detectors and decoder."""
+        return (_rebuild, (type(self), self._init_args, self._init_kwargs))
 
     def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
         path = Path(path)
@@ -280,35 +294,19 @@ class Preprocessor:
 
     def _video_faces(self, path: Path, item: PreparedFile) -> None:
         t0 = time.perf_counter()
-        frames: dict[int, np.ndarray] = {}
-        with open_video(path, self.decoder) as reader:
-            item.fps = reader.fps
-            fps = reader.fps or FALLBACK_FPS
-            limit = max(1, int(fps * self.max_seconds))  # the seed's int(fps * 10)
-            guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
-            wanted = set(frame_sampling.sample_indices(guess, self.frames))
-            scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
-        count = scan.decoded
-        if count == 0:
-            raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
-        indices = frame_sampling.sample_indices(count, self.frames)
-        if not set(indices) <= frames.keys():
-            # The container's frame count was wrong (or decoding stopped early): now that the true count is
-            # known, decode again and keep the exact frames of the seed's sampling over that count.
-            frames.clear()
-            wanted = set(indices)
-            with open_video(path, self.decoder) as reader:
-                rescan = reader.scan(wanted.__contains__, frames.__setitem__, count)
-            if not set(indices) <= frames.keys():
-                raise MediaError(str(path), f"frames changed between two decoding passes ({rescan.error or 'fewer'})")
+        sampled = read_sampled_frames(path, self.frames, self.max_seconds, self.decoder)
+        frames, indices, count = sampled.frames, sampled.indices, sampled.decoded
+        item.fps = sampled.fps
         item.timings["decode"] = time.perf_counter() - t0
         item.frames_decoded = count
-        if scan.error:
-            item.notes.append(scan.error)
+        if sampled.error:
+            item.notes.append(sampled.error)
         if count < self.frames:
             item.notes.append(f"only {count} frames: sampled frames repeat to fill {self.frames}")
         if item.fps is None:
-            item.notes.append(f"frame rate unknown: first {limit} frames sampled ({FALLBACK_FPS:g} fps assumed)")
+            item.notes.append(
+                f"frame rate unknown: first {sampled.limit} frames sampled ({FALLBACK_FPS:g} fps assumed)"
+            )
         distinct = sorted(set(indices))
         faces = self._find_faces([frames[i] for i in distinct], distinct, item)  # one batched chain run
         processed = {i: self._spatial(frames[i], item, i, face) for i, face in zip(distinct, faces, strict=True)}
@@ -360,3 +358,7 @@ class Preprocessor:
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = windows
         item.frames_used = used
+
+
+def _rebuild(cls: type[Preprocessor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Preprocessor:
+    return cls(*args, **kwargs)

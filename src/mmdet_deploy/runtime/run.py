@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Options of the onnxruntime backend alone (flag name for error messages -> RunConfig field).
 ORT_ONLY = {"--providers": "providers", "--threads": "threads", "--trt-fp16": "trt_fp16", "--trt-cache": "trt_cache"}
+#: Options of the torch backend alone (it runs a checkpoint, which carries no contract: these say what to build).
+TORCH_ONLY = {"--config": "model_config", "--head": "head", "--precision": "precision", "--cuda-graphs": "cuda_graphs"}
 #: Options of the faces preset alone.
 FACES_ONLY = {"--face-detectors": "face_detectors", "--yunet-model": "yunet_model",
               "--mediapipe-model": "mediapipe_model", "--face-chain": "face_chain"}
@@ -80,8 +82,11 @@ class RunConfig:
     ``threads``, ``trt_fp16`` and ``trt_cache`` apply to the onnxruntime backend only; ``face_chain``
     (``default`` when None, or ``seed``: see :data:`~mmdet_deploy.runtime.faces.CHAINS`), ``face_detectors``
     (a list of its own instead of a chain), ``yunet_model`` and ``mediapipe_model`` to the faces preset
-    only. Names lists accept ``"a,b"`` or ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the
-    caller's business.
+    only; ``model_config`` (``base``/``tiny``), ``head``, ``precision`` (``fp32``/``fp16``/``bf16``) and
+    ``cuda_graphs`` to the torch backend only (None: base, simplified, fp32, no graphs). ``decode_processes``:
+    the ``workers`` are processes instead of threads (decoding and face detection then scale past the GIL;
+    see ``runtime.prepare_pool``). Names lists accept ``"a,b"`` or ``("a", "b")``. Display flags
+    (``--quiet``, ``--verbose``) are the caller's business.
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
     and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
 
@@ -127,6 +132,11 @@ class RunConfig:
     ray_max_in_flight: int | None = None
     ray_retries: int = 2
     ray_connect_timeout: float = 60.0
+    decode_processes: bool = False
+    model_config: str | None = None
+    head: str | None = None
+    precision: str | None = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         # Normalise (frozen: through object.__setattr__) so that equal settings compare equal.
@@ -163,10 +173,10 @@ class RunConfig:
                              "their own; pass one of them")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; choose one")
-        if self.backend != "onnxruntime":
-            given = [flag for flag, name in ORT_ONLY.items() if getattr(self, name)]
-            if given:
-                raise UsageError(f"{', '.join(given)} only apply to --backend onnxruntime")
+        for backend, only in (("onnxruntime", ORT_ONLY), ("torch", TORCH_ONLY)):
+            given = [flag for flag, name in only.items() if getattr(self, name)]
+            if self.backend != backend and given:
+                raise UsageError(f"{', '.join(given)} only apply to --backend {backend}")
         if self.preset is not None:
             self.check_preset(self.preset)
         self._validate_engine()
@@ -198,6 +208,10 @@ class RunConfig:
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword options of the backend's constructor."""
+        if self.backend == "torch":
+            given = {"config": self.model_config, "head": self.head, "precision": self.precision,
+                     "cuda_graphs": self.cuda_graphs, "threshold": self.threshold}
+            return {k: v for k, v in given.items() if v is not None}
         if self.backend != "onnxruntime":
             return {}
         return {"providers": list(self.providers) if self.providers else None, "intra_op_threads": self.threads,
@@ -352,7 +366,7 @@ def run_folder(
                   on_row: Callable[[ResultRow], None], on_file: OnFile) -> PipelineStats:
             return run_inference(todo, preprocessor, backend, writer=sink.writer, batch_size=config.batch_size,
                                  workers=config.workers, threshold=config.threshold, on_row=on_row,
-                                 on_file=on_file)
+                                 on_file=on_file, processes=config.decode_processes)
 
         # On a GPU the face detector runs on the model's own ONNX Runtime providers.
         gpu = config.device != "cpu" and backend.name == "onnxruntime"

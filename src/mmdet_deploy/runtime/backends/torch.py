@@ -8,6 +8,9 @@
   ``scaled_dot_product_attention``, which picks the fused flash / memory-efficient kernels); on CPU
   only ``fp32`` and ``bf16`` (CPU autocast) are offered.
 * ``cuda_graphs``: capture one CUDA graph per batch size and replay it (CUDA only).
+* ``sdpa``: which scaled-dot-product-attention kernels may run: ``auto`` (PyTorch chooses), ``flash``,
+  ``efficient`` (memory-efficient) or ``math``; forcing one that cannot run these shapes / dtypes is a
+  :class:`~mmdet_deploy.errors.BackendError` at the first batch.
 * ``compile``: ``torch.compile`` the model (with ``cuda_graphs`` it uses ``mode="reduce-overhead"``,
   torch's own graph capture, instead of the manual capture).
 * ``tf32``: allow TF32 matmuls/convolutions on CUDA (default False, for strict fp32 parity); the
@@ -40,7 +43,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "compile": False,
     "tf32": False,
     "threshold": 0.5,
+    "sdpa": "auto",
 }
+#: ``sdpa`` option -> name of the torch.nn.attention.SDPBackend member (None: no restriction).
+SDPA_KERNELS = {"auto": None, "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 #: Warm-up iterations on a side stream before a CUDA graph capture (PyTorch's documented recipe).
 GRAPH_WARMUP = 3
 
@@ -67,6 +73,8 @@ class TorchBackend(Backend):
             raise UsageError("fp16 autocast needs a CUDA device; on CPU use --precision fp32 or bf16")
         if not self._cuda and opts["cuda_graphs"]:
             raise UsageError("cuda_graphs needs a CUDA device")
+        if opts["sdpa"] not in SDPA_KERNELS:
+            raise UsageError(f"sdpa must be one of {', '.join(SDPA_KERNELS)} (got {opts['sdpa']!r})")
         self._model: Any = None
         self._torch: Any = None
         self._graphs: dict[int, tuple[Any, list[Any], Any]] = {}
@@ -95,6 +103,19 @@ class TorchBackend(Backend):
             model = torch.compile(model, mode=mode)
         self._model = model
         self.contract = self._make_contract(model)
+
+    def reconfigure(self, **options: Any) -> None:
+        """Change ``precision``, ``sdpa`` or ``cuda_graphs`` of an open backend without reloading the weights
+        (benchmarks compare them on one loaded model); captured graphs are dropped."""
+        allowed = {"precision", "sdpa", "cuda_graphs"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise UsageError(f"torch backend: reconfigure accepts {sorted(allowed)}, not {unknown}")
+        check = type(self)(self.model_path, device=self.device, **{**self.options, **options})  # validates only
+        self.options = check.options
+        self._graphs.clear()
+        if self._model is not None:
+            self.contract = self._make_contract(self._model)
 
     def _make_contract(self, model: Any) -> ModelContract:
         info = getattr(model, "checkpoint_info", None) or getattr(
@@ -137,20 +158,43 @@ class TorchBackend(Backend):
             device_type=self._device.type, dtype=dtype, enabled=dtype is not None, cache_enabled=cache
         )
 
+    def _attention(self) -> Any:
+        """The SDPA kernel restriction of the ``sdpa`` option (a no-op context for ``auto``)."""
+        import contextlib
+
+        member = SDPA_KERNELS[self.options["sdpa"]]
+        if member is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, member)])
+
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         assert self.contract is not None
-        names = self.contract.input_names
-        tensors = [torch.from_numpy(inputs[n]) for n in names]
+        arrays = [inputs[n] for n in self.contract.input_names]
         with torch.inference_mode():
-            if self._cuda and self.options["cuda_graphs"] and not self.options["compile"]:
-                logits = self._replay(tensors)
-            else:
-                args = [t.to(self._device, non_blocking=True) for t in tensors]
-                with self._autocast():
-                    logits = self._model(*args)
+            # recons is often the very same array as original (the seed's identity reconstruction): copy it
+            # to the device once (a batch of 32 clips is 385 MB per input)
+            copies: dict[int, Any] = {}
+            tensors = [copies.setdefault(id(a), torch.from_numpy(a).to(self._device)) for a in arrays]
+            logits = self.forward_tensors(*tensors)
             out = logits.float().cpu().numpy()
         return {LOGITS: out}
+
+    def forward_tensors(self, *tensors: Any) -> Any:
+        """Logits (B, 2) on the device for input tensors already on it, with this backend's precision, SDPA
+        kernels and CUDA graphs: the model-only part of :meth:`infer` (benchmarks time it without the host
+        copies). Call inside ``torch.inference_mode()``; the result of a graph replay is a fresh tensor."""
+        try:
+            if self._cuda and self.options["cuda_graphs"] and not self.options["compile"]:
+                return self._replay(list(tensors))
+            with self._autocast(), self._attention():
+                return self._model(*tensors)
+        except RuntimeError as exc:
+            if self.options["sdpa"] != "auto" and "kernel" in str(exc).lower():
+                raise BackendError(f"torch: sdpa={self.options['sdpa']} cannot run here: {first_line(exc)}") from exc
+            raise
 
     def _replay(self, tensors: list[Any]) -> Any:
         """Copy into the static inputs of this batch size's graph (captured on first use) and replay."""
@@ -169,21 +213,28 @@ class TorchBackend(Backend):
         side = torch.cuda.Stream(device=self._device)
         side.wait_stream(torch.cuda.current_stream(self._device))
         # autocast's weight-cast cache must be off during capture (PyTorch CUDA graphs notes)
-        with torch.cuda.stream(side), self._autocast(cache=False):
+        with torch.cuda.stream(side), self._autocast(cache=False), self._attention():
             for _ in range(GRAPH_WARMUP):
                 self._model(*static_in)
         torch.cuda.current_stream(self._device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), self._autocast(cache=False):  # one private memory pool per graph
+        # one private memory pool per graph
+        with torch.cuda.graph(graph), self._autocast(cache=False), self._attention():
             static_out = self._model(*static_in)
         return graph, static_in, static_out
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         opts = self.options
-        info.update({k: opts[k] for k in ("head", "config", "precision", "cuda_graphs", "compile")})
+        info.update({k: opts[k] for k in ("head", "config", "precision", "cuda_graphs", "compile", "sdpa")})
         if self._torch is not None:
             info["torch"] = str(self._torch.__version__)
             if self._cuda:
                 info["gpu"] = self._torch.cuda.get_device_name(self._device)
         return info
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (PyTorch's kernel errors run to many lines of warnings)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
