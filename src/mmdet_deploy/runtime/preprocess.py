@@ -22,12 +22,16 @@ Presets (model-spec section 8):
   last window dropped, at most ``max_windows`` windows (without it, a safety cap of
   :data:`SAFETY_WINDOWS` windows, noted in the file's reason when reached). A video with fewer than ``T``
   frames has no window and is an error. An image is one crop repeated ``T`` times.
+
+:meth:`Preprocessor.stream` hands each window to a callback as soon as its ``T`` frames are cropped, so a
+caller that scores windows as they come (the run loop) holds a few windows per file, not the whole video;
+``Preprocessor(...)(path)`` collects them into one array (convenient, but the memory grows with the video).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,8 +52,13 @@ from mmdet_deploy.runtime.thumbnails import shrink
 MAX_SECONDS = 10.0
 #: Frame rate assumed for the 10-second limit when a container does not declare one.
 FALLBACK_FPS = 30.0
-#: frames preset without --max-windows: windows scored at most per video (10,000 frames, ~1.5 GB of crops).
+#: frames preset without --max-windows: windows scored at most per video (10,000 frames: a time bound, since
+#: the run loop streams windows and memory does not grow with it).
 SAFETY_WINDOWS = 1000
+
+#: Receives one window: the ``(T, S, S, 3)`` uint8 crops and their reconstruction (the same object when the
+#: reconstruction is the identity). It may block (back-pressure) or raise to stop the file.
+WindowSink = Callable[[np.ndarray, np.ndarray], None]
 
 
 #: faces preset: what the detector chain chose on one sampled frame (``frame``, ``detector``, ``box`` before the
@@ -63,8 +72,10 @@ class PreparedFile:
 
     ``originals`` / ``reconstructions`` are uint8 RGB ``(W, T, S, S, 3)`` (the same array when the
     reconstruction is the identity); :attr:`clips` / :attr:`recons` are their normalised float32
-    ``(W, T, 3, S, S)`` views, built on first access. ``timings`` are seconds spent per stage in this file:
-    ``decode``, ``face_detection``, ``preprocess``.
+    ``(W, T, 3, S, S)`` views, built on first access. From :meth:`Preprocessor.stream` they are empty (the
+    windows went to the callback) and ``windows`` still counts them. ``timings`` are seconds spent per stage
+    in this file: ``decode``, ``face_detection``, ``preprocess``. ``rotation`` is the display rotation
+    applied to the video's frames (degrees counter-clockwise, from the container's display matrix).
     """
 
     path: Path
@@ -83,6 +94,7 @@ class PreparedFile:
     frames_decoded: int | None = None
     fps: float | None = None
     decoder: str | None = None
+    rotation: int = 0
     #: Non-fatal remarks (short video, decoding stopped early...), reported in the ``reason`` column.
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -94,10 +106,20 @@ class PreparedFile:
     preview_frame: int | None = None
     preview_has_face: bool = False
     frame_size: tuple[int, int] | None = None
+    #: Streamed file: the windows the run loop kept for per-file outputs (window index -> (T, S, S, 3) crops).
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def window(self, index: int) -> np.ndarray:
+        """The ``(T, S, S, 3)`` uint8 crops of window ``index``: from ``originals`` when collected, else from
+        :attr:`kept` (KeyError when the run loop did not keep that window)."""
+        if index < self.originals.shape[0]:
+            return self.originals[index]
+        return self.kept[index]
 
     @property
     def windows(self) -> int:
-        return int(self.originals.shape[0])
+        """Windows (clips) of this file: one list of frame indices per window, streamed or collected."""
+        return len(self.frame_indices)
 
     @property
     def no_face(self) -> bool:
@@ -181,12 +203,37 @@ class Preprocessor:
             raise UsageError(f"face detector options {unused} only apply to the faces preset, not to '{self.preset}'")
 
     def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
+        """Every window of the file in ``originals`` / ``reconstructions`` (see :meth:`stream` to bound memory)."""
+        originals: list[np.ndarray] = []
+        recons: list[np.ndarray] = []
+
+        def collect(original: np.ndarray, recon: np.ndarray) -> None:
+            originals.append(original)
+            recons.append(recon)
+
+        item = self.stream(path, kind, collect)
+        t0 = time.perf_counter()
+        if originals:
+            item.originals = np.stack(originals)
+            same = all(a is b for a, b in zip(originals, recons, strict=True))
+            item.reconstructions = item.originals if same else np.stack(recons)
+        item.timings["preprocess"] += time.perf_counter() - t0
+        return item
+
+    def stream(self, path: str | Path, kind: str | None, emit: WindowSink) -> PreparedFile:
+        """Prepare one file, handing each window to ``emit`` as soon as it is complete, in order.
+
+        Returns the file's :class:`PreparedFile` without pixels (``originals`` is empty; ``windows`` and
+        ``frame_indices`` describe what was emitted). Raises :class:`MediaError` for a bad file, possibly
+        after some windows were emitted (the caller discards them). Time spent inside ``emit`` (a consumer's
+        back-pressure) is not counted in ``timings``.
+        """
         path = Path(path)
         kind = kind or media_kind(path)
         if kind == IMAGE:
-            return self._image(path)
+            return self._image(path, emit)
         if kind == VIDEO:
-            return self._video(path)
+            return self._video(path, emit)
         raise MediaError(str(path), f"unsupported file type '{path.suffix or '(no extension)'}'")
 
     # -- shared ----------------------------------------------------------------------------------------------
@@ -248,46 +295,50 @@ class Preprocessor:
         item.preview_frame, item.frame_size, item.preview_has_face = index, (width, height), has_face
 
     @staticmethod
-    def _finish(item: PreparedFile, crops: list[np.ndarray], recons: list[np.ndarray], shape: tuple[int, ...]) -> None:
-        item.originals = np.stack(crops).reshape(shape)
+    def _window(crops: list[np.ndarray], recons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``T`` crops (and reconstructions) as one ``(T, S, S, 3)`` window; one array when they are the same."""
+        window = np.stack(crops)
         same = all(a is b for a, b in zip(crops, recons, strict=True))
-        item.reconstructions = item.originals if same else np.stack(recons).reshape(shape)
+        return window, window if same else np.stack(recons)
 
     # -- images -----------------------------------------------------------------------------------------------
-    def _image(self, path: Path) -> PreparedFile:
+    def _image(self, path: Path, emit: WindowSink) -> PreparedFile:
         item = self._new(path, IMAGE)
         t0 = time.perf_counter()
         frame = load_image(path, self.max_pixels)
         item.timings["decode"] = time.perf_counter() - t0
         out, out_r = self._spatial(frame, item)
         t1 = time.perf_counter()
-        shape = (1, self.frames, self.size, self.size, 3)
-        self._finish(item, [out] * self.frames, [out_r] * self.frames, shape)
+        window = self._window([out] * self.frames, [out_r] * self.frames)
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = [[0] * self.frames]
         item.frames_used = 1
+        emit(*window)
         return item
 
     # -- videos -----------------------------------------------------------------------------------------------
-    def _video(self, path: Path) -> PreparedFile:
+    def _video(self, path: Path, emit: WindowSink) -> PreparedFile:
         item = self._new(path, VIDEO)
         item.decoder = self.decoder
         if self.preset == "faces":
-            self._video_faces(path, item)
+            self._video_faces(path, item, emit)
         else:
-            self._video_frames(path, item)
+            self._video_frames(path, item, emit)
+        if item.rotation:
+            item.notes.append(f"display rotation {item.rotation} degrees (container display matrix) applied")
         return item
 
-    def _video_faces(self, path: Path, item: PreparedFile) -> None:
+    def _video_faces(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
         t0 = time.perf_counter()
         frames: dict[int, np.ndarray] = {}
-        with open_video(path, self.decoder) as reader:
+        with open_video(path, self.decoder, self.max_pixels) as reader:
             item.fps = reader.fps
             fps = reader.fps or FALLBACK_FPS
             limit = max(1, int(fps * self.max_seconds))  # the seed's int(fps * 10)
             guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
             wanted = set(frame_sampling.sample_indices(guess, self.frames))
             scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
+            item.rotation = reader.rotation
         count = scan.decoded
         if count == 0:
             raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
@@ -297,7 +348,7 @@ class Preprocessor:
             # known, decode again and keep the exact frames of the seed's sampling over that count.
             frames.clear()
             wanted = set(indices)
-            with open_video(path, self.decoder) as reader:
+            with open_video(path, self.decoder, self.max_pixels) as reader:
                 rescan = reader.scan(wanted.__contains__, frames.__setitem__, count)
             if not set(indices) <= frames.keys():
                 raise MediaError(str(path), f"frames changed between two decoding passes ({rescan.error or 'fewer'})")
@@ -312,51 +363,63 @@ class Preprocessor:
         distinct = sorted(set(indices))
         faces = self._find_faces([frames[i] for i in distinct], distinct, item)  # one batched chain run
         processed = {i: self._spatial(frames[i], item, i, face) for i, face in zip(distinct, faces, strict=True)}
+        frames.clear()  # the full-size frames are no longer needed
         t1 = time.perf_counter()
-        shape = (1, self.frames, self.size, self.size, 3)
-        self._finish(item, [processed[i][0] for i in indices], [processed[i][1] for i in indices], shape)
+        window = self._window([processed[i][0] for i in indices], [processed[i][1] for i in indices])
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = [indices]
         item.frames_used = len(processed)
+        emit(*window)
 
-    def _video_frames(self, path: Path, item: PreparedFile) -> None:
+    def _video_frames(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
+        """Windows of ``T`` consecutive frames, each emitted as soon as its last frame is cropped: memory is
+        one window in the making (plus what ``emit``'s consumer holds), whatever the video's length."""
         crops: list[np.ndarray] = []
         recons: list[np.ndarray] = []
+        cap = self.max_windows if self.max_windows is not None else self.safety_windows
+        blocked = 0.0  # seconds inside emit (the consumer's back-pressure): neither decoding nor cropping
 
         def keep(index: int, frame: np.ndarray) -> None:
+            nonlocal blocked
+            if len(item.frame_indices) >= cap:
+                return  # the frame past the cap only tells "longer than the cap" from "exactly at it"
             out, out_r = self._spatial(frame, item, index)
             crops.append(out)
             recons.append(out_r)
+            if len(crops) == self.frames:
+                t0 = time.perf_counter()
+                window = self._window(crops, recons)
+                item.timings["preprocess"] += time.perf_counter() - t0
+                start = len(item.frame_indices) * self.frames
+                item.frame_indices.append(list(range(start, start + self.frames)))
+                crops.clear()
+                recons.clear()
+                t1 = time.perf_counter()
+                emit(*window)
+                blocked += time.perf_counter() - t1
 
-        cap = self.max_windows if self.max_windows is not None else self.safety_windows
         # Without an explicit cap, one frame beyond the safety cap tells "exactly at the cap" from "longer".
         limit = cap * self.frames + (0 if self.max_windows is not None else 1)
         t0 = time.perf_counter()
-        with open_video(path, self.decoder) as reader:
+        with open_video(path, self.decoder, self.max_pixels) as reader:
             item.fps = reader.fps
             scan = reader.scan(lambda index: True, keep, limit)
-        # Time in the visitor (crops) is preprocessing; the remainder of the pass is decoding.
-        item.timings["decode"] = time.perf_counter() - t0 - item.timings["preprocess"]
+            item.rotation = reader.rotation
+        # Time in the visitor (crops) is preprocessing; the remainder of the pass, less emit, is decoding.
+        item.timings["decode"] = time.perf_counter() - t0 - item.timings["preprocess"] - blocked
         count = scan.decoded
         item.frames_decoded = count
         if count == 0:
             raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
         if self.max_windows is None and count > cap * self.frames:
             item.notes.append(
-                f"longer than the safety cap of {cap} windows ({cap * self.frames} frames held in memory): "
+                f"longer than the safety cap of {cap} windows ({cap * self.frames} frames): "
                 "only those were scored; pass --max-windows to choose the number"
             )
-        windows = frame_sampling.window_indices(count, self.frames, cap)
-        if not windows:
+        if not item.frame_indices:
             raise MediaError(
                 str(path), f"only {count} decodable frames; the frames preset needs at least {self.frames} (one window)"
             )
         if scan.error:
             item.notes.append(scan.error)
-        used = len(windows) * self.frames
-        t1 = time.perf_counter()
-        shape = (len(windows), self.frames, self.size, self.size, 3)
-        self._finish(item, crops[:used], recons[:used], shape)
-        item.timings["preprocess"] += time.perf_counter() - t1
-        item.frame_indices = windows
-        item.frames_used = used
+        item.frames_used = len(item.frame_indices) * self.frames
