@@ -8,22 +8,18 @@
 
 Worker threads decode, find faces and crop (OpenCV, PyAV and numpy release the GIL for that work) while
 the calling thread batches clips *across files* and runs the backend. At most ``prefetch`` files are in
-flight, and each hands over its windows as they are cut (:meth:`Preprocessor.stream`) with at most
-``batch_size`` waiting: memory stays bounded whatever the length of a video, and a slow model does not make
-decoding run away. When the next file is not ready the loop runs the clips it already has instead of
-waiting, so the model idles only when nothing at all is ready; that idle time is measured
-(``stage_s["waiting"]``).
+flight, each handing over its windows as they are cut (:meth:`Preprocessor.stream`), at most
+``batch_size`` waiting: memory stays bounded whatever a video's length. A batch is filled from every file
+that has windows ready, so the model idles only when nothing at all is ready (measured as
+``stage_s["waiting"]``) and a slow file never holds up the others.
 
-Rows are emitted in input order (a file waits for the files before it), so ``results.csv`` has the same
-order on every run (after an abort, the finished files' rows are written even when an unfinished file
-precedes them).
+Rows are emitted in input order, so ``results.csv`` has the same order on every run (after an abort, the
+finished files' rows are written even when an unfinished file precedes them).
 
-Nothing hangs the loop. A file whose preparation makes no progress for ``file_timeout`` seconds (a decoder
-stuck on a pathological file; waiting for this loop to take its windows does not count) gets an ``error``
-row "timed out" and its worker thread is abandoned (:mod:`mmdet_deploy.runtime.workers`); a batch is filled
-from every file that has windows ready, so a slow file never holds up the others. On Ctrl-C the loop
-writes the rows of files already finished, does not wait for the workers, and re-raises
-``KeyboardInterrupt``.
+Nothing hangs the loop. A file whose preparation makes no progress for ``file_timeout`` seconds (waiting
+for this loop to take its windows does not count) gets an ``error`` row "timed out" and its worker thread
+is abandoned (:mod:`mmdet_deploy.runtime.workers`). On Ctrl-C the loop writes the finished files' rows,
+does not wait for the workers, and re-raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -125,9 +121,7 @@ class _Slot:
 
     @property
     def complete(self) -> bool:
-        if self.row is not None:
-            return True
-        return self.prepared is not None and len(self.probs) == self.received
+        return self.row is not None or (self.prepared is not None and len(self.probs) == self.received)
 
 
 def _stream_file(job: Job, preprocessor: Preprocessor, item: MediaItem) -> PreparedFile | ResultRow:
@@ -229,7 +223,6 @@ class _Run:
         self.slots: deque[_Slot] = deque()
         self.on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None
         self.keep_windows = "none"
-        self.on_file: Callable[[ResultRow, PreparedFile | None, list[float]], None] | None = None
 
     def loop(self, source: Iterable[MediaItem], pool: WorkerPool, prefetch: int) -> None:
         self.pool = pool
@@ -262,7 +255,6 @@ class _Run:
                 return False
         return True
 
-    # -- time limits -----------------------------------------------------------------------------------------
     def _check_time_limits(self) -> None:
         """Give an ``error`` row to every file whose preparation made no progress for ``file_timeout`` s."""
         if self.file_timeout is None:
@@ -283,7 +275,6 @@ class _Run:
                                     "(--file-timeout); abandoned")
         slot.job = None
 
-    # -- taking windows --------------------------------------------------------------------------------------
     def _take(self, slot: _Slot, wanted: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Up to ``wanted`` windows ``slot`` has ready now (never waits); completes the slot at its end."""
         taken: list[tuple[np.ndarray, np.ndarray]] = []
@@ -362,7 +353,6 @@ class _Run:
         self.summary.windows += total
         self.summary.batches += 1
 
-    # -- rows ------------------------------------------------------------------------------------------------
     def _row(self, slot: _Slot) -> ResultRow:
         if slot.row is not None:
             return slot.row

@@ -23,9 +23,8 @@ Presets (model-spec section 8):
   :data:`SAFETY_WINDOWS` windows, noted in the file's reason when reached). A video with fewer than ``T``
   frames has no window and is an error. An image is one crop repeated ``T`` times.
 
-:meth:`Preprocessor.stream` hands each window to a callback as soon as its ``T`` frames are cropped, so a
-caller that scores windows as they come (the run loop) holds a few windows per file, not the whole video;
-``Preprocessor(...)(path)`` collects them into one array (convenient, but the memory grows with the video).
+:meth:`Preprocessor.stream` hands each window to a callback once cropped (the run loop holds a few per
+file); ``Preprocessor(...)(path)`` collects them into one array (memory grows with the video).
 """
 
 from __future__ import annotations
@@ -52,12 +51,10 @@ from mmdet_deploy.runtime.thumbnails import shrink
 MAX_SECONDS = 10.0
 #: Frame rate assumed for the 10-second limit when a container does not declare one.
 FALLBACK_FPS = 30.0
-#: frames preset without --max-windows: windows scored at most per video (10,000 frames: a time bound, since
-#: the run loop streams windows and memory does not grow with it).
+#: frames preset without --max-windows: windows scored at most per video (a time bound: windows are streamed).
 SAFETY_WINDOWS = 1000
 
-#: Receives one window: the ``(T, S, S, 3)`` uint8 crops and their reconstruction (the same object when the
-#: reconstruction is the identity). It may block (back-pressure) or raise to stop the file.
+#: Gets one window's ``(T, S, S, 3)`` uint8 crops and reconstruction (the same object for the identity).
 WindowSink = Callable[[np.ndarray, np.ndarray], None]
 
 
@@ -72,10 +69,9 @@ class PreparedFile:
 
     ``originals`` / ``reconstructions`` are uint8 RGB ``(W, T, S, S, 3)`` (the same array when the
     reconstruction is the identity); :attr:`clips` / :attr:`recons` are their normalised float32
-    ``(W, T, 3, S, S)`` views, built on first access. From :meth:`Preprocessor.stream` they are empty (the
-    windows went to the callback) and ``windows`` still counts them. ``timings`` are seconds spent per stage
-    in this file: ``decode``, ``face_detection``, ``preprocess``. ``rotation`` is the display rotation
-    applied to the video's frames (degrees counter-clockwise, from the container's display matrix).
+    ``(W, T, 3, S, S)`` views, built on first access (empty from :meth:`Preprocessor.stream`). ``timings``:
+    seconds per stage (``decode``, ``face_detection``, ``preprocess``). ``rotation``: degrees
+    counter-clockwise applied from the container's display matrix.
     """
 
     path: Path
@@ -106,15 +102,12 @@ class PreparedFile:
     preview_frame: int | None = None
     preview_has_face: bool = False
     frame_size: tuple[int, int] | None = None
-    #: Streamed file: the windows the run loop kept for per-file outputs (window index -> (T, S, S, 3) crops).
+    #: Streamed file: windows the run loop kept for per-file outputs (window index -> (T, S, S, 3) crops).
     kept: dict[int, np.ndarray] = field(default_factory=dict)
 
     def window(self, index: int) -> np.ndarray:
-        """The ``(T, S, S, 3)`` uint8 crops of window ``index``: from ``originals`` when collected, else from
-        :attr:`kept` (KeyError when the run loop did not keep that window)."""
-        if index < self.originals.shape[0]:
-            return self.originals[index]
-        return self.kept[index]
+        """Window ``index``'s (T, S, S, 3) crops, collected or :attr:`kept` (KeyError if not kept)."""
+        return self.originals[index] if index < self.originals.shape[0] else self.kept[index]
 
     @property
     def windows(self) -> int:
@@ -184,8 +177,7 @@ class Preprocessor:
         if max_seconds <= 0:
             raise UsageError(f"max_seconds must be positive, got {max_seconds}")
         self.max_windows = max_windows
-        #: Windows kept at most when ``max_windows`` is None: the frames preset holds every crop of a video
-        #: in memory (150 KB per 224x224 frame), so an hour-long file must not take the whole run down.
+        #: Windows scored at most when ``max_windows`` is None (an hour-long file must not take hours).
         self.safety_windows = SAFETY_WINDOWS
         self.decoder = resolve_decoder(decoder)
         self.max_pixels = max_pixels
@@ -204,30 +196,21 @@ class Preprocessor:
 
     def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
         """Every window of the file in ``originals`` / ``reconstructions`` (see :meth:`stream` to bound memory)."""
-        originals: list[np.ndarray] = []
-        recons: list[np.ndarray] = []
-
-        def collect(original: np.ndarray, recon: np.ndarray) -> None:
-            originals.append(original)
-            recons.append(recon)
-
-        item = self.stream(path, kind, collect)
+        windows: list[tuple[np.ndarray, np.ndarray]] = []
+        item = self.stream(path, kind, lambda original, recon: windows.append((original, recon)))
         t0 = time.perf_counter()
-        if originals:
-            item.originals = np.stack(originals)
-            same = all(a is b for a, b in zip(originals, recons, strict=True))
-            item.reconstructions = item.originals if same else np.stack(recons)
+        if windows:
+            item.originals = np.stack([original for original, _ in windows])
+            same = all(original is recon for original, recon in windows)
+            item.reconstructions = item.originals if same else np.stack([recon for _, recon in windows])
         item.timings["preprocess"] += time.perf_counter() - t0
         return item
 
     def stream(self, path: str | Path, kind: str | None, emit: WindowSink) -> PreparedFile:
-        """Prepare one file, handing each window to ``emit`` as soon as it is complete, in order.
+        """Prepare one file, handing each window to ``emit`` (which may block) once complete, in order.
 
-        Returns the file's :class:`PreparedFile` without pixels (``originals`` is empty; ``windows`` and
-        ``frame_indices`` describe what was emitted). Raises :class:`MediaError` for a bad file, possibly
-        after some windows were emitted (the caller discards them). Time spent inside ``emit`` (a consumer's
-        back-pressure) is not counted in ``timings``.
-        """
+        Returns the :class:`PreparedFile` without pixels. :class:`MediaError` for a bad file may come after
+        some windows were emitted (discard them). Time inside ``emit`` is not counted in ``timings``."""
         path = Path(path)
         kind = kind or media_kind(path)
         if kind == IMAGE:
@@ -372,8 +355,7 @@ class Preprocessor:
         emit(*window)
 
     def _video_frames(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
-        """Windows of ``T`` consecutive frames, each emitted as soon as its last frame is cropped: memory is
-        one window in the making (plus what ``emit``'s consumer holds), whatever the video's length."""
+        """Windows of ``T`` consecutive frames, each emitted once its last frame is cropped (bounded memory)."""
         crops: list[np.ndarray] = []
         recons: list[np.ndarray] = []
         cap = self.max_windows if self.max_windows is not None else self.safety_windows
