@@ -344,3 +344,22 @@ def test_list_with_bom_crlf_and_spaces_keeps_names_exactly(tmp_path: Path, model
         "first.png", " leading.png", "trailing.png ", "plain.png"}
     # Found, not "not found": its extension is ".png " (with the space), so it is listed as not media.
     assert rows["trailing.png "].status == "skipped" and "(.png )" in rows["trailing.png "].reason
+
+
+def test_streamed_windows_still_feed_save_crops_and_the_report(tmp_path: Path, model: Path) -> None:
+    from mmdet_deploy.runtime.records import review_path
+
+    # Three windows, the middle one reddest: the most suspicious window the report shows.
+    colours = [(60, 60, 60)] * 10 + [(230, 20, 20)] * 10 + [(120, 60, 60)] * 10
+    video = write_video(tmp_path / "in" / "clip.mp4", (np.full((240, 320, 3), c, np.uint8) for c in colours))
+    expected = Preprocessor(FRAMES)(video)  # collected: the reference crops
+    crops = tmp_path / "crops_out"
+    _run(tmp_path / "in", model, crops, save_crops=True)
+    for window in range(3):
+        for t, frame in enumerate(expected.frame_indices[window]):
+            saved = np.asarray(Image.open(crops / "crops" / review_path("clip.mp4") / f"{frame}.png").convert("RGB"))
+            assert np.array_equal(saved, expected.originals[window, t])
+    report = tmp_path / "report_out"
+    _run(tmp_path / "in", model, report, report=True)  # keeps only the best window while streaming
+    meta = json.loads((report / "thumbs" / review_path("clip.mp4") / "meta.json").read_text())
+    assert meta["window"] == 1 and meta["crop_frames"] == list(range(10, 20))
