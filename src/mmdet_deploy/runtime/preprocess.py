@@ -207,10 +207,8 @@ class Preprocessor:
         return item
 
     def stream(self, path: str | Path, kind: str | None, emit: WindowSink) -> PreparedFile:
-        """Prepare one file, handing each window to ``emit`` (which may block) once complete, in order.
-
-        Returns the :class:`PreparedFile` without pixels. :class:`MediaError` for a bad file may come after
-        some windows were emitted (discard them). Time inside ``emit`` is not counted in ``timings``."""
+        """Prepare one file, handing each window to ``emit`` (it may block) once complete; returns the file
+        without pixels. A :class:`MediaError` may follow emitted windows (discard them)."""
         path = Path(path)
         kind = kind or media_kind(path)
         if kind == IMAGE:
@@ -277,13 +275,6 @@ class Preprocessor:
         item.preview = shrink(frame, self.preview_side)
         item.preview_frame, item.frame_size, item.preview_has_face = index, (width, height), has_face
 
-    @staticmethod
-    def _window(crops: list[np.ndarray], recons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """``T`` crops (and reconstructions) as one ``(T, S, S, 3)`` window; one array when they are the same."""
-        window = np.stack(crops)
-        same = all(a is b for a, b in zip(crops, recons, strict=True))
-        return window, window if same else np.stack(recons)
-
     # -- images -----------------------------------------------------------------------------------------------
     def _image(self, path: Path, emit: WindowSink) -> PreparedFile:
         item = self._new(path, IMAGE)
@@ -292,7 +283,7 @@ class Preprocessor:
         item.timings["decode"] = time.perf_counter() - t0
         out, out_r = self._spatial(frame, item)
         t1 = time.perf_counter()
-        window = self._window([out] * self.frames, [out_r] * self.frames)
+        window = frame_sampling.stack_window([out] * self.frames, [out_r] * self.frames)
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = [[0] * self.frames]
         item.frames_used = 1
@@ -348,7 +339,7 @@ class Preprocessor:
         processed = {i: self._spatial(frames[i], item, i, face) for i, face in zip(distinct, faces, strict=True)}
         frames.clear()  # the full-size frames are no longer needed
         t1 = time.perf_counter()
-        window = self._window([processed[i][0] for i in indices], [processed[i][1] for i in indices])
+        window = frame_sampling.stack_window([processed[i][0] for i in indices], [processed[i][1] for i in indices])
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = [indices]
         item.frames_used = len(processed)
@@ -370,12 +361,11 @@ class Preprocessor:
             recons.append(out_r)
             if len(crops) == self.frames:
                 t0 = time.perf_counter()
-                window = self._window(crops, recons)
+                window = frame_sampling.stack_window(crops, recons)
                 item.timings["preprocess"] += time.perf_counter() - t0
                 start = len(item.frame_indices) * self.frames
                 item.frame_indices.append(list(range(start, start + self.frames)))
-                crops.clear()
-                recons.clear()
+                del crops[:], recons[:]
                 t1 = time.perf_counter()
                 emit(*window)
                 blocked += time.perf_counter() - t1
