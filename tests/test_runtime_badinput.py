@@ -28,7 +28,7 @@ from mmdet_deploy.runtime.names import escape_name, name_bytes, unescape_name
 from mmdet_deploy.runtime.pipeline import run_inference
 from mmdet_deploy.runtime.prepare import scored_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor, WindowSink
-from mmdet_deploy.runtime.results import ResultRow, load_results
+from mmdet_deploy.runtime.results import MANIFEST_KEYS, ResultRow, load_results
 from mmdet_deploy.runtime.run import RunConfig, run_folder
 from mmdet_deploy.runtime.sink import ResultsSink
 from runtime_fixtures import astronaut, build_synthetic_model, time_limit, write_index_video, write_video
@@ -284,8 +284,7 @@ def test_resume_with_another_input_is_refused(tmp_path: Path, model: Path) -> No
 
 
 def test_one_run_per_output_folder(tmp_path: Path) -> None:
-    settings = {"checkpoint_sha256": "x", "input": "/in"} | dict.fromkeys(
-        ("head", "config", "precision", "preset", "threshold", "frames", "image_size", "max_windows", "face_detectors"))
+    settings = dict.fromkeys(MANIFEST_KEYS) | {"checkpoint_sha256": "x", "input": "/in"}
     first = ResultsSink(tmp_path / "out").start(settings)
     try:
         for mode in ({"resume": True}, {"overwrite": True}):
