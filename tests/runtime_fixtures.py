@@ -11,7 +11,9 @@ lossy compression, so tests can check that the decoder returned exactly the fram
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,9 +26,14 @@ INDEX_BITS = 10
 
 
 def build_synthetic_model(
-    path: Path, contract: ModelContract | None = None, *, with_contract: bool = True, static_batch: int | None = None
+    path: Path, contract: ModelContract | None = None, *, with_contract: bool = True, static_batch: int | None = None,
+    nan_weight: bool = False, contract_json: str | None = None,
 ) -> Path:
-    """Write the synthetic ONNX model to ``path`` (contract embedded unless ``with_contract`` is False)."""
+    """Write the synthetic ONNX model to ``path`` (contract embedded unless ``with_contract`` is False).
+
+    ``nan_weight``: one head weight is NaN (a tampered or diverged checkpoint), so every ``prob_fake`` is NaN.
+    ``contract_json``: embed this text as the contract instead (to test invalid contracts).
+    """
     import onnx
     from onnx import TensorProto, helper
 
@@ -35,6 +42,8 @@ def build_synthetic_model(
     batch: int | str = static_batch if static_batch is not None else "batch"
     clip = [batch, t, 3, s, s]
     weight = np.array([[0.0, GAIN], [0.0, 0.0], [0.0, -GAIN]], dtype=np.float32)  # (3 channels, 2 classes)
+    if nan_weight:
+        weight[0, 1] = np.nan
     nodes = [
         helper.make_node("Mul", ["recons", "half"], ["scaled"]),
         helper.make_node("Sub", ["original", "scaled"], ["diff"]),
@@ -65,7 +74,7 @@ def build_synthetic_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
     model.ir_version = 8
     if with_contract:
-        helper.set_model_props(model, {METADATA_KEY: contract.to_json()})
+        helper.set_model_props(model, {METADATA_KEY: contract_json or contract.to_json()})
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -114,20 +123,29 @@ def read_index(frame: np.ndarray) -> int:
 CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}
 
 
-def write_video(path: Path, frames: Iterable[np.ndarray], fps: int = 10, codec: str | None = None) -> Path:
-    """Encode RGB frames with PyAV (codec from the extension by default); returns ``path``."""
+def write_video(
+    path: Path, frames: Iterable[np.ndarray], fps: int = 10, codec: str | None = None, rotation: int | None = None
+) -> Path:
+    """Encode RGB frames with PyAV (codec from the extension by default); returns ``path``.
+
+    ``rotation``: a display matrix rotating the stored frames by that many degrees counter-clockwise when
+    shown (what a phone writes for a portrait video: the pixels stay landscape).
+    """
     import av
 
-    frames = list(frames)
-    height, width = frames[0].shape[:2]
+    frames = iter(frames)  # streamed: a long video must not be held in memory
+    first = next(frames)
+    height, width = first.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec or CODECS[path.suffix.lower()], rate=Fraction(fps))
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
         if stream.codec_context.name in ("libx264",):
             stream.options = {"crf": "12", "preset": "ultrafast"}  # near-lossless: painted indices stay crisp
-        for rgb in frames:
+        for rgb in itertools.chain([first], frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -219,3 +237,23 @@ def write_bad_folder(root: Path) -> Path:
     (root / "readme.md").write_text("not media", encoding="utf-8")
     return root
 
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail the test (``TimeoutError``) if its body runs longer than ``seconds``: SIGALRM, POSIX main thread.
+
+    For in-process tests of code that could hang (a stuck worker, a FIFO); a subprocess test uses
+    ``subprocess.run(..., timeout=)`` instead.
+    """
+    import signal
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"the test ran past its time limit of {seconds} s (a hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

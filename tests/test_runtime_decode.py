@@ -109,10 +109,14 @@ def test_permission_denied_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path = tmp_path / "secret.png"
     path.write_bytes(b"data")
 
-    def deny(*args: object, **kwargs: object) -> None:
-        raise PermissionError(13, "Permission denied", str(path))
+    real_open = os.open
 
-    monkeypatch.setattr(decode, "open", deny, raising=False)
+    def deny(file: object, *args: object, **kwargs: object) -> int:
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode.os, "open", deny)
     with pytest.raises(MediaError, match="permission denied"):
         check_readable(path)
 

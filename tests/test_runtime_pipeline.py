@@ -15,7 +15,7 @@ from mmdet_deploy.runtime.backends.base import Backend
 from mmdet_deploy.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from mmdet_deploy.runtime.discovery import discover
 from mmdet_deploy.runtime.pipeline import STAGES, run_inference
-from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
+from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor, WindowSink
 from mmdet_deploy.runtime.results import ResultRow, ResultsWriter, load_results
 from runtime_fixtures import build_synthetic_model, reference_prob, write_index_video
 
@@ -117,12 +117,12 @@ class _SlowFor(Preprocessor):
         self.started: list[str] = []
         self._lock = threading.Lock()
 
-    def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
+    def stream(self, path: str | Path, kind: str | None, emit: WindowSink) -> PreparedFile:
         with self._lock:
             self.started.append(Path(path).name)
         if "slow" in Path(path).name:
             time.sleep(self.delay)
-        return super().__call__(path, kind)
+        return super().stream(path, kind, emit)
 
 
 def test_the_model_does_not_wait_for_a_slow_file_when_clips_are_ready(tmp_path: Path) -> None:
@@ -130,9 +130,13 @@ def test_the_model_does_not_wait_for_a_slow_file_when_clips_are_ready(tmp_path: 
     _image(tmp_path / "b_slow.png", (0, 0, 200))
     _image(tmp_path / "c.png", (0, 200, 0))
     backend = NumpyBackend()
-    summary = run_inference(discover(tmp_path), _SlowFor(0.6), backend, batch_size=4, workers=2)
-    assert backend.batches[0] == 1  # a.png ran alone instead of waiting 0.6 s for b_slow.png
-    assert sum(backend.batches) == 3 and summary.stage_s["waiting"] > 0.3  # then it had nothing else to do
+    rows: list[ResultRow] = []
+    summary = run_inference(discover(tmp_path), _SlowFor(0.6), backend, batch_size=4, workers=2,
+                            on_row=rows.append)
+    # a.png (and c.png, when ready) ran instead of waiting 0.6 s for b_slow.png, which came alone later
+    assert backend.batches[0] in (1, 2) and backend.batches[-1] == 1 and sum(backend.batches) == 3
+    assert summary.stage_s["waiting"] > 0.3  # then it had nothing else to do
+    assert [r.filename for r in rows] == ["a.png", "b_slow.png", "c.png"]  # rows still in input order
 
 
 def test_prefetch_bounds_the_files_in_flight(tmp_path: Path) -> None:
@@ -185,6 +189,9 @@ def test_a_backend_failure_aborts_but_keeps_finished_rows(folder: Path, tmp_path
     with ResultsWriter(tmp_path / "out") as writer, pytest.raises(BackendError, match="fell off"):
         run_inference(discover(folder), Preprocessor(CONTRACT), backend, writer=writer, batch_size=2)
     rows = load_results(tmp_path / "out" / "results.csv")
-    # the first batch (1 or 2 single-clip files, depending on what the workers had ready) was written
+    # the first batch (1 or 2 single-clip files: whichever of the files in flight the workers had ready) was
+    # written, in input order, also when a file before one of them was not finished
     assert len(backend.batches) == 1 and backend.batches[0] in (1, 2)
-    assert [r.filename for r in rows] == ["blue_0.jpg", "blue_1.jpg"][: backend.batches[0]]
+    names = [r.filename for r in rows]
+    in_flight = {"blue_0.jpg", "blue_1.jpg", "blue_2.jpg", "red_0.png"}  # prefetch: 4 files
+    assert len(names) == backend.batches[0] and names == sorted(names) and set(names) <= in_flight

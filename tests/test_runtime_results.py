@@ -101,7 +101,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     settings: dict[str, object] = {
         "checkpoint_sha256": "abc", "head": "simplified", "config": "tiny", "precision": "fp32", "preset": "faces",
         "threshold": 0.5, "frames": 10, "image_size": 224, "max_windows": None, "face_detectors": ["haar"],
-        "face_chain": "custom", "model": "/models/a.onnx",
+        "face_chain": "custom", "model": "/models/a.onnx", "input": "/data/videos",
     }
     check_manifest(tmp_path, settings, resume=False)
     check_manifest(tmp_path, settings | {"model": "/elsewhere/a.onnx"}, resume=True)  # informational key

@@ -16,7 +16,7 @@ from mmdet_deploy.runtime import RunConfig, RunSummary, run_folder
 from mmdet_deploy.runtime.discovery import discover
 from mmdet_deploy.runtime.prepare import prepare_file, scored_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
-from mmdet_deploy.runtime.results import ResultRow, load_results
+from mmdet_deploy.runtime.results import MANIFEST_KEYS, ResultRow, load_results
 from mmdet_deploy.runtime.sink import ResultsSink
 from runtime_fixtures import build_synthetic_model, reference_prob, write_index_video
 
@@ -172,8 +172,7 @@ def test_results_sink_needs_start_and_keeps_predictions_in_step(tmp_path: Path) 
     sink = ResultsSink(tmp_path / "out", error_label=0)
     with pytest.raises(RuntimeError, match="start"):
         sink.write(ResultRow("a.png", label=1, prob_fake=0.9))
-    settings = {key: None for key in ("checkpoint_sha256", "head", "config", "precision", "preset", "threshold",
-                                      "frames", "image_size", "max_windows", "face_detectors", "face_chain")}
+    settings = dict.fromkeys(MANIFEST_KEYS)
     with sink.start(settings):
         sink.write(ResultRow("a.png", label=1, prob_fake=0.9))
         sink.write(ResultRow("b.mp4", status="error", reason="empty file", kind="video"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -138,10 +139,20 @@ class ModelContract:
         _check_choice("precision", self.precision, PRECISIONS)
         if self.channel_order != "RGB":
             raise ContractError(f"unsupported channel order {self.channel_order!r}; only RGB is defined")
-        if not 0.0 <= float(self.threshold) <= 1.0:
+        if not 0.0 <= float(self.threshold) <= 1.0:  # NaN fails this too
             raise ContractError(f"threshold {self.threshold} is outside [0, 1]")
-        if self.frames < 1 or self.image_size < 1:
-            raise ContractError(f"invalid frames/image_size {self.frames}/{self.image_size}")
+        for name in ("frames", "image_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ContractError(f"{name} must be a positive integer, got {value!r}")
+        # Checked here, when the model is opened, not mid-run: the normalisation divides by std per channel.
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
+                    or not all(math.isfinite(v) for v in values)):
+                raise ContractError(f"{name} must be 3 finite numbers (R, G, B), got {list(values)!r}")
+        if any(v <= 0 for v in self.std):
+            raise ContractError(f"std must be positive per channel (it divides the pixels), got {list(self.std)!r}")
 
     # -- tensor declarations ---------------------------------------------------------------------
     @property
@@ -180,12 +191,14 @@ class ModelContract:
             )
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        for key in ("mean", "std"):
-            if key in kwargs:
-                kwargs[key] = tuple(float(x) for x in kwargs[key])
         try:
+            for key in ("mean", "std"):
+                if key in kwargs:
+                    if not isinstance(kwargs[key], (list, tuple)):
+                        raise ValueError(f"{key} must be a list of 3 numbers, got {kwargs[key]!r}")
+                    kwargs[key] = tuple(float(x) for x in kwargs[key])
             return cls(**kwargs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ContractError) as exc:
             raise ContractError(f"{source}: invalid contract ({exc})") from exc
 
     @classmethod

@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1  # an error, or (mmdet-run) some files could not be scored
 EXIT_USAGE = 2  # the command line is wrong
 EXIT_PARITY = 3  # an artefact was written but failed its parity / accuracy gate
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (SIGINT), the shell's 128 + 2
 
 
 class MMDetError(Exception):
@@ -61,6 +62,12 @@ class BackendError(MMDetError):
 
 class EngineMismatchError(BackendError):
     """A TensorRT engine was built for another TensorRT version or GPU."""
+
+
+class Interrupted(MMDetError):
+    """The user stopped a run (Ctrl-C); what was finished is on disk and the message says how to go on."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class MediaError(MMDetError):

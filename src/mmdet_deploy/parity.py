@@ -1,6 +1,9 @@
 """Parity metrics between a reference and a candidate (numpy only; used by export, engines, INT8, bench).
 
-Tolerances per precision live here, in one table, with the reason for each.
+Tolerances per precision live here, in one table, with the reason for each. A NaN or infinity in either
+side's logits is never "within tolerance" (``nan <= tol`` happens to be False, but every gate here checks
+:attr:`ParityStats.non_finite` explicitly rather than rely on that), and a non-finite decision never counts
+as agreeing.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ TOLERANCES: Mapping[str, tuple[float, float]] = {
 def softmax_fake(logits: np.ndarray) -> np.ndarray:
     """p(fake) = softmax(logits)[:, 1], computed in float64 for stability."""
     z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e[:, 1] / e.sum(axis=1)
+    with np.errstate(invalid="ignore"):  # a NaN / inf logit gives a NaN probability, which callers check
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e[:, 1] / e.sum(axis=1)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -36,7 +40,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     if nx == 0.0 or ny == 0.0:
         return 0.0
-    return float(np.dot(x, y) / (nx * ny))
+    with np.errstate(invalid="ignore"):  # NaN in, NaN out (the gates count non-finite values themselves)
+        return float(np.dot(x, y) / (nx * ny))
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,16 @@ class ParityStats:
     cosine: float
     max_abs_prob: float
     mean_abs_prob: float
-    agreement: float  # share of clips with the same decision (argmax / threshold 0.5)
+    agreement: float  # share of clips with the same decision (argmax / threshold 0.5); non-finite: disagree
+    non_finite: int = 0  # logits that are NaN or infinite, reference and candidate together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def within(self, atol_logit: float, atol_prob: float = float("inf"), min_agreement: float = 0.0) -> bool:
-        return self.max_abs <= atol_logit and self.max_abs_prob <= atol_prob and self.agreement >= min_agreement
+        """All values finite, errors within the tolerances and agreement at least ``min_agreement``."""
+        return (self.non_finite == 0 and self.max_abs <= atol_logit and self.max_abs_prob <= atol_prob
+                and self.agreement >= min_agreement)
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityStats:
@@ -69,7 +77,8 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityStats:
     rel = diff / np.maximum(np.abs(ref), 1e-6)
     p_ref, p_cand = softmax_fake(ref), softmax_fake(cand)
     dprob = np.abs(p_ref - p_cand)
-    agree = float(np.mean((p_ref >= 0.5) == (p_cand >= 0.5))) if len(ref) else 1.0
+    both_finite = np.isfinite(p_ref) & np.isfinite(p_cand)
+    agree = float(np.mean(((p_ref >= 0.5) == (p_cand >= 0.5)) & both_finite)) if len(ref) else 1.0
     return ParityStats(
         n=int(ref.shape[0]),
         max_abs=float(diff.max(initial=0.0)),
@@ -79,4 +88,5 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityStats:
         max_abs_prob=float(dprob.max(initial=0.0)),
         mean_abs_prob=float(dprob.mean()) if dprob.size else 0.0,
         agreement=agree,
+        non_finite=int(np.sum(~np.isfinite(ref)) + np.sum(~np.isfinite(cand))),
     )

@@ -1,5 +1,8 @@
 """The accuracy gate: does the INT8 model still give the fp32 model's answers on held-out clips?
 
+A NaN or infinite ``prob_fake`` on either side fails the gate: it counts as a flip (``nan >= t`` is False,
+which would otherwise read as an agreeing "real") and ``passed`` needs every value finite.
+
 Both ONNX models run in ONNX Runtime on CPU on the ``holdout`` split of the calibration set (clips never used
 to compute ranges). Figures: decision agreement at the model's threshold (``prob_fake >= threshold``), the
 largest and mean ``|d p(fake)|``, and the cosine between fp32 and INT8 pooled features. The pooled feature is
@@ -49,6 +52,7 @@ class GateReport:
     min_agreement: float
     passed: bool
     note: str = ""
+    non_finite: int = 0  # NaN or infinite prob_fake values, fp32 and INT8 together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,14 +90,17 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
     p_ref, p_cand = reference[PROB_FAKE].ravel(), candidate[PROB_FAKE].ravel()
     d_ref, d_cand = p_ref >= threshold, p_cand >= threshold
     n = len(p_ref)
-    agreement = float(np.mean(d_ref == d_cand)) if n else 0.0
+    finite = np.isfinite(p_ref) & np.isfinite(p_cand)
+    non_finite = int(np.sum(~np.isfinite(p_ref)) + np.sum(~np.isfinite(p_cand)))
+    same = (d_ref == d_cand) & finite  # a non-finite score agrees with nothing
+    agreement = float(np.mean(same)) if n else 0.0
     dprob = np.abs(p_ref - p_cand)
     cosines = [cosine(a, b) for a, b in zip(reference[cosine_on], candidate[cosine_on], strict=True)]
     return GateReport(
         clips=n,
         threshold=float(threshold),
         agreement=agreement,
-        flips=int(np.sum(d_ref != d_cand)),
+        flips=int(np.sum(~same)),
         max_abs_dprob=float(dprob.max(initial=0.0)),
         mean_abs_dprob=float(dprob.mean()) if n else 0.0,
         cosine_on=cosine_on,
@@ -103,8 +110,9 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         positive_rate_fp32=float(d_ref.mean()) if n else 0.0,
         positive_rate_int8=float(d_cand.mean()) if n else 0.0,
         min_agreement=float(min_agreement),
-        passed=bool(n and agreement >= min_agreement),
+        passed=bool(n and non_finite == 0 and agreement >= min_agreement),
         note=note,
+        non_finite=non_finite,
     )
 
 
@@ -147,6 +155,11 @@ def write_report(path: Path, report: GateReport, extra: Mapping[str, Any] | None
 
 def enforce(report: GateReport, path: Path) -> None:
     """Raise :class:`ParityError` (exit code 3) when the gate failed; the files are kept."""
+    if not report.passed and report.non_finite:
+        raise ParityError(
+            f"INT8 accuracy gate failed: {report.non_finite} non-finite prob_fake values (NaN or infinity) on "
+            f"{report.clips} held-out clips; files kept, see {path}"
+        )
     if not report.passed:
         raise ParityError(
             f"INT8 accuracy gate failed: decision agreement {report.agreement:.4f} < {report.min_agreement} "

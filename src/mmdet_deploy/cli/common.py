@@ -34,6 +34,10 @@ def user_errors(func: F) -> F:
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    # Library warnings (Pillow's "Corrupt EXIF data" on a phone photo, ...) go through logging, so --quiet
+    # silences them like our own chatter; the file's row already says what went wrong with it.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR if quiet else logging.WARNING)
     # exporter internals log every rewrite at INFO; keep our own messages readable
     for noisy in ("onnxscript", "onnx_ir", "torch", "onnxslim"):
         logging.getLogger(noisy).setLevel(logging.WARNING if not verbose else logging.INFO)

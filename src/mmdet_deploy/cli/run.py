@@ -4,7 +4,8 @@ A thin Typer layer over :func:`mmdet_deploy.runtime.run_folder`: the flags build
 :class:`~mmdet_deploy.runtime.RunConfig` (which validates them), the progress bar and summary stay here.
 
 Exit status: 0 when every media file was scored (``ok`` or ``no_face``), 1 when some could not be (their
-rows say why; everything else is still written) or INPUT holds no media at all, 2 for a wrong command line.
+rows say why; everything else is still written) or INPUT holds no media at all, 2 for a wrong command line
+(or an ``--out`` another run is writing to), 130 when stopped with Ctrl-C (finished rows are kept).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import typer
 
 from mmdet_deploy.cli.common import setup_logging, user_errors
+from mmdet_deploy.errors import EXIT_INTERRUPTED
+from mmdet_deploy.runtime.pipeline import DEFAULT_FILE_TIMEOUT
 from mmdet_deploy.runtime.run import default_workers
 
 app = typer.Typer(
@@ -50,6 +53,7 @@ HELP = {
     "Default: start a private Ray on this machine, on loopback only.",
     "ray_max_in_flight": "ray engine: files being decoded at once (memory bound). Default: 2 x actors x batch size.",
     "ray_retries": "ray engine: retries of a file whose worker process died before it gets an error row.",
+    "file_timeout": "Seconds a file may be prepared without progress before it gets an error row (0: no limit).",
 }
 
 
@@ -87,6 +91,7 @@ def run(
     head: str | None = typer.Option(None, "--head", help="torch backend: simplified (default) or fc."),
     precision: str | None = typer.Option(None, "--precision", help="torch backend: fp32 (default), fp16 (CUDA), bf16."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs."),
+    file_timeout: float = typer.Option(DEFAULT_FILE_TIMEOUT, "--file-timeout", min=0.0, help=HELP["file_timeout"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs."),
     engine: str = typer.Option("local", "--engine", help=HELP["engine"]),
     ray_address: str | None = typer.Option(None, "--ray-address", help=HELP["ray_address"]),
@@ -117,11 +122,15 @@ def run(
         ray_actors=ray_actors,
         ray_gpus_per_actor=ray_gpus_per_actor, ray_cpus_per_actor=ray_cpus_per_actor,
         ray_cpus_per_task=ray_cpus_per_task, ray_max_in_flight=ray_max_in_flight, ray_retries=ray_retries,
-        ray_connect_timeout=ray_connect_timeout,
+        ray_connect_timeout=ray_connect_timeout, file_timeout=file_timeout,
         decode_processes=decode_processes, model_config=model_config, head=head, precision=precision,
         cuda_graphs=cuda_graphs,
     )
-    summary = run_folder(config, progress=RunProgress(enabled=not quiet))
+    try:
+        summary = run_folder(config, progress=RunProgress(enabled=not quiet))
+    except KeyboardInterrupt:  # before the run loop started (loading the model): nothing was written
+        typer.echo("interrupted before any file was scored", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet and summary.results_path is not None:
         print_summary(summary)
     if not quiet and summary.report_path is not None:

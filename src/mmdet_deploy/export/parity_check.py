@@ -109,7 +109,7 @@ def check_parity(
         all_ref.append(ref)
         all_cand.append(cand)
     overall = compare_logits(np.concatenate(all_ref), np.concatenate(all_cand))
-    passed = overall.max_abs <= atol_logit and overall.max_abs_prob <= atol_prob
+    passed = overall.within(atol_logit, atol_prob)  # also False on any NaN / infinity
     report["overall"] = overall.to_dict()
     report["passed"] = bool(passed)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -122,6 +122,11 @@ def check_parity(
         overall.agreement,
         overall.n,
     )
+    if not passed and overall.non_finite:
+        raise ParityError(
+            f"{onnx_path}: {overall.non_finite} non-finite logits (NaN or infinity) from PyTorch or ONNX Runtime "
+            f"({contract.precision}); model and report {report_path} kept"
+        )
     if not passed:
         raise ParityError(
             f"{onnx_path}: ONNX Runtime differs from PyTorch: max |d logit| {overall.max_abs:.3g} > {atol_logit:.3g} "

@@ -9,17 +9,23 @@ order: no seeking (``CAP_PROP_POS_FRAMES`` is not exact on some codecs) and the 
 only a hint (it is an estimate for some containers). Two decoders share one interface: PyAV (the ``video``
 extra; precise errors, tells an audio-only file from a broken one) and OpenCV (always installed).
 A decoding error part-way through ends the stream and is reported, so a truncated file still yields the
-frames before the damage.
+frames before the damage. Both apply the container's display rotation (a phone's portrait video is stored
+sideways with a 90-degree display matrix, as players show it) and refuse frames over the image pixel limit
+from the stream's dimensions, before decoding (a tiny H.264 file can declare 12000 x 12000 frames).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmdet_deploy.deps import available, require
 from mmdet_deploy.errors import MediaError, UsageError, one_line
 from mmdet_deploy.runtime.frame_sampling import sample_indices
+from mmdet_deploy.runtime.names import escape_name
 
 logger = logging.getLogger(__name__)
 
@@ -41,26 +48,59 @@ FALLBACK_FPS = 30.0
 def check_readable(path: Path) -> None:
     """Raise :class:`MediaError` with the precise reason when ``path`` cannot be read as a file.
 
-    Distinguishes a broken symbolic link, a file that vanished (deleted during the run), something that is
-    not a regular file, an empty file and a permission problem, which the decoders would all report as the
-    same vague "cannot open".
+    Distinguishes a broken symbolic link, a symlink loop, a file that vanished (deleted during the run),
+    anything that is not a regular file, an empty file and a permission problem, which the decoders would
+    all report as the same vague "cannot open". A FIFO, socket or device is refused from its ``stat``
+    without being opened (opening a FIFO for reading blocks until a writer appears, reading a device may
+    never end); the one-byte probe opens with ``O_NONBLOCK`` and re-checks the type on the open file, so a
+    file swapped for a FIFO after the ``stat`` cannot block either.
     """
-    name = str(path)
-    if path.is_symlink() and not path.exists():
-        raise MediaError(name, "broken symbolic link (its target does not exist)")
+    name = escape_name(str(path))
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(1)
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise MediaError(name, "broken symbolic link (its target does not exist)") from None
+        raise MediaError(name, "file not found (deleted or moved during the run?)") from None
+    except PermissionError:
+        raise MediaError(name, "permission denied (a folder on its path is not accessible)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MediaError(name, "symlink loop (the link resolves back to itself)") from None
+        raise MediaError(name, f"cannot read the file ({exc.strerror or exc})") from None
+    _check_regular(name, info.st_mode)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise MediaError(name, "file not found (deleted or moved during the run?)") from None
     except PermissionError:
         raise MediaError(name, "permission denied (the file is not readable)") from None
-    except IsADirectoryError:
-        raise MediaError(name, "is a directory, not a file") from None
     except OSError as exc:
         raise MediaError(name, f"cannot read the file ({exc.strerror or exc})") from None
+    try:
+        _check_regular(name, os.fstat(fd).st_mode)
+        head = os.read(fd, 1)
+    except OSError as exc:
+        raise MediaError(name, f"cannot read the file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
     if not head:
         raise MediaError(name, "empty file (0 bytes)")
+
+
+#: File types that are not regular files, in the words of the error row.
+_FILE_TYPES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _check_regular(name: str, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise MediaError(name, "is a directory, not a file")
+    what = next((words for test, words in _FILE_TYPES if test(mode)), "not a regular file")
+    raise MediaError(name, f"{what}, not a regular file: not opened (reading it could block the run)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -72,7 +112,7 @@ def load_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     Animated formats give their first frame. Raises :class:`MediaError` for anything unreadable.
     """
     check_readable(path)
-    name = str(path)
+    name = escape_name(str(path))
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -132,14 +172,27 @@ class ScanResult:
 
 
 class VideoReader(ABC):
-    """A video opened for sequential decoding. ``fps`` and ``frame_count_hint`` are None when unknown."""
+    """A video opened for sequential decoding. ``fps`` and ``frame_count_hint`` are None when unknown.
+
+    ``rotation`` is the display rotation applied to the frames, in degrees counter-clockwise (0, 90, 180 or
+    270; known once a frame has been decoded). ``max_pixels`` bounds ``width * height`` of the coded frames.
+    """
 
     decoder = ""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.path = path
+        self.name = escape_name(str(path))
+        self.max_pixels = max_pixels
         self.fps: float | None = None
         self.frame_count_hint: int | None = None
+        self.rotation = 0
+
+    def _check_size(self, width: int, height: int) -> None:
+        """The decompression-bomb guard of images, for video frames: checked before any frame is decoded."""
+        if width * height > self.max_pixels:
+            raise MediaError(self.name, f"video frames of {width}x{height} pixels exceed the limit of "
+                                        f"{self.max_pixels} pixels (the same as for images); not decoded")
 
     @abstractmethod
     def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None) -> ScanResult:
@@ -167,21 +220,27 @@ class PyAVReader(VideoReader):
 
     decoder = "pyav"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(path, max_pixels)
         av = require("av", "decoding videos with PyAV")
         self._error_types: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError)
         try:
+            # PyAV encodes a str path with the file system encoding: non-UTF-8 names open fine.
             self._container = av.open(str(path), mode="r")
         except self._error_types as exc:
-            raise MediaError(str(path), f"not a readable video container ({one_line(exc, 200)})") from None
+            raise MediaError(self.name, f"not a readable video container ({one_line(exc, 200)})") from None
         if not self._container.streams.video:
             kinds = sorted({s.type for s in self._container.streams}) or ["none"]
             self._container.close()
-            raise MediaError(str(path), f"no video stream (streams found: {', '.join(kinds)}; audio-only file?)")
+            raise MediaError(self.name, f"no video stream (streams found: {', '.join(kinds)}; audio-only file?)")
         # FFmpeg's default (slice) threading: frame threading ("AUTO") costs a thread start-up per file that
         # is not repaid on short clips, and the runtime already decodes several files in parallel.
         self._stream = self._container.streams.video[0]
+        try:
+            self._check_size(int(self._stream.codec_context.width), int(self._stream.codec_context.height))
+        except MediaError:
+            self._container.close()
+            raise
         rate = self._stream.average_rate or self._stream.guessed_rate
         self.fps = _clean_rate(float(rate) if rate else None)
         self.frame_count_hint = int(self._stream.frames) or None
@@ -193,13 +252,21 @@ class PyAVReader(VideoReader):
         try:
             for frame in self._container.decode(self._stream):
                 if want(index):
-                    visit(index, frame.to_ndarray(format="rgb24"))
+                    visit(index, self._upright(frame))
                 index += 1
                 if limit is not None and index >= limit:
                     break
         except self._error_types as exc:
             return ScanResult(index, False, f"decoding stopped after {index} frames ({one_line(exc, 200)})")
         return ScanResult(index, True)
+
+    def _upright(self, frame: Any) -> np.ndarray:
+        """RGB pixels as displayed: PyAV reports the display matrix (``frame.rotation``, degrees
+        counter-clockwise, PyAV >= 15) but, unlike players and OpenCV, does not apply it."""
+        pixels = frame.to_ndarray(format="rgb24")
+        turns = round(float(getattr(frame, "rotation", 0) or 0) / 90.0) % 4
+        self.rotation = 90 * turns
+        return np.ascontiguousarray(np.rot90(pixels, turns)) if turns else pixels
 
     def close(self) -> None:
         self._container.close()
@@ -210,12 +277,24 @@ class OpenCVReader(VideoReader):
 
     decoder = "opencv"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self._cap = cv2.VideoCapture(str(path))
+    def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(path, max_pixels)
+        self._fd: int | None = None
+        self._cap = cv2.VideoCapture(self._opencv_path(path))
         if not self._cap.isOpened():
-            self._cap.release()
-            raise MediaError(str(path), "OpenCV cannot open it as a video (corrupt, unsupported or no video stream)")
+            self.close()
+            raise MediaError(self.name, "OpenCV cannot open it as a video (corrupt, unsupported or no video stream)")
+        try:
+            width, height = self._cap.get(cv2.CAP_PROP_FRAME_WIDTH), self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+            self._check_size(int(width), int(height))
+        except MediaError:
+            self.close()
+            raise
+        # OpenCV rotates frames by the display matrix itself (CAP_PROP_ORIENTATION_AUTO, on by default: made
+        # explicit); ORIENTATION_META is that angle clockwise.
+        self._cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        meta = self._cap.get(cv2.CAP_PROP_ORIENTATION_META)
+        self.rotation = 90 * (round(-meta / 90.0) % 4) if math.isfinite(meta) else 0
         self.fps = _clean_rate(self._cap.get(cv2.CAP_PROP_FPS))
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count_hint = int(count) if math.isfinite(count) and count > 0 else None
@@ -234,8 +313,25 @@ class OpenCVReader(VideoReader):
             index += 1
         return ScanResult(index, True)
 
+    def _opencv_path(self, path: Path) -> str:
+        """A path OpenCV can take: OpenCV crashes the process (SIGSEGV) on a str that is not valid UTF-8,
+        so such a file is opened here and handed over as ``/proc/self/fd/N`` (Linux)."""
+        text = str(path)
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:
+            if not os.path.isdir("/proc/self/fd"):
+                raise MediaError(self.name, "OpenCV cannot open a file name that is not UTF-8 here; "
+                                            "use --decoder pyav") from None
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return f"/proc/self/fd/{self._fd}"
+
     def close(self) -> None:
         self._cap.release()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def resolve_decoder(decoder: str = "auto") -> str:
@@ -249,11 +345,12 @@ def resolve_decoder(decoder: str = "auto") -> str:
     return decoder
 
 
-def open_video(path: Path, decoder: str = "auto") -> VideoReader:
-    """Open ``path`` for sequential decoding with the named decoder (``auto``, ``pyav`` or ``opencv``)."""
+def open_video(path: Path, decoder: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoReader:
+    """Open ``path`` for sequential decoding with the named decoder (``auto``, ``pyav`` or ``opencv``);
+    frames over ``max_pixels`` (width x height) are refused before decoding."""
     check_readable(path)
     chosen = resolve_decoder(decoder)
-    return PyAVReader(path) if chosen == "pyav" else OpenCVReader(path)
+    return PyAVReader(path, max_pixels) if chosen == "pyav" else OpenCVReader(path, max_pixels)
 
 
 @dataclass

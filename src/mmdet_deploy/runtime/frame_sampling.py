@@ -68,6 +68,14 @@ def crop(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return frame[y0:y1, x0:x1]
 
 
+def stack_window(crops: list[np.ndarray], recons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``T`` crops and their reconstructions as one ``(T, S, S, 3)`` window each; one array (returned twice)
+    when every reconstruction is its crop (the identity reconstruction), so nothing is stacked twice."""
+    window = np.stack(crops)
+    same = all(a is b for a, b in zip(crops, recons, strict=True))
+    return window, window if same else np.stack(recons)
+
+
 def normalise(frames: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 RGB ``(..., H, W, 3)`` to float32 ``(..., 3, H, W)``: ``(x / 255 - mean) / std`` per channel.
 

@@ -22,12 +22,15 @@ Presets (model-spec section 8):
   last window dropped, at most ``max_windows`` windows (without it, a safety cap of
   :data:`SAFETY_WINDOWS` windows, noted in the file's reason when reached). A video with fewer than ``T``
   frames has no window and is an error. An image is one crop repeated ``T`` times.
+
+:meth:`Preprocessor.stream` hands each window to a callback once cropped (the run loop holds a few per
+file); ``Preprocessor(...)(path)`` collects them into one array (memory grows with the video).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -43,7 +46,6 @@ from mmdet_deploy.runtime.decode import (
     FALLBACK_FPS,
     load_image,
     open_video,
-    read_sampled_frames,
     resolve_decoder,
 )
 from mmdet_deploy.runtime.discovery import IMAGE, VIDEO, media_kind
@@ -53,8 +55,11 @@ from mmdet_deploy.runtime.thumbnails import shrink
 
 #: The seed samples within the first 10 seconds of a video.
 MAX_SECONDS = 10.0
-#: frames preset without --max-windows: windows scored at most per video (10,000 frames, ~1.5 GB of crops).
+#: frames preset without --max-windows: windows scored at most per video (a time bound: windows are streamed).
 SAFETY_WINDOWS = 1000
+
+#: Gets one window's ``(T, S, S, 3)`` uint8 crops and reconstruction (the same object for the identity).
+WindowSink = Callable[[np.ndarray, np.ndarray], None]
 
 
 #: faces preset: what the detector chain chose on one sampled frame (``frame``, ``detector``, ``box`` before the
@@ -68,8 +73,9 @@ class PreparedFile:
 
     ``originals`` / ``reconstructions`` are uint8 RGB ``(W, T, S, S, 3)`` (the same array when the
     reconstruction is the identity); :attr:`clips` / :attr:`recons` are their normalised float32
-    ``(W, T, 3, S, S)`` views, built on first access. ``timings`` are seconds spent per stage in this file:
-    ``decode``, ``face_detection``, ``preprocess``.
+    ``(W, T, 3, S, S)`` views, built on first access (empty from :meth:`Preprocessor.stream`). ``timings``:
+    seconds per stage (``decode``, ``face_detection``, ``preprocess``). ``rotation``: degrees
+    counter-clockwise applied from the container's display matrix.
     """
 
     path: Path
@@ -88,6 +94,7 @@ class PreparedFile:
     frames_decoded: int | None = None
     fps: float | None = None
     decoder: str | None = None
+    rotation: int = 0
     #: Non-fatal remarks (short video, decoding stopped early...), reported in the ``reason`` column.
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -99,10 +106,17 @@ class PreparedFile:
     preview_frame: int | None = None
     preview_has_face: bool = False
     frame_size: tuple[int, int] | None = None
+    #: Streamed file: windows the run loop kept for per-file outputs (window index -> (T, S, S, 3) crops).
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def window(self, index: int) -> np.ndarray:
+        """Window ``index``'s (T, S, S, 3) crops, collected or :attr:`kept` (KeyError if not kept)."""
+        return self.originals[index] if index < self.originals.shape[0] else self.kept[index]
 
     @property
     def windows(self) -> int:
-        return int(self.originals.shape[0])
+        """Windows (clips) of this file: one list of frame indices per window, streamed or collected."""
+        return len(self.frame_indices)
 
     @property
     def no_face(self) -> bool:
@@ -172,8 +186,7 @@ class Preprocessor:
         if max_seconds <= 0:
             raise UsageError(f"max_seconds must be positive, got {max_seconds}")
         self.max_windows = max_windows
-        #: Windows kept at most when ``max_windows`` is None: the frames preset holds every crop of a video
-        #: in memory (150 KB per 224x224 frame), so an hour-long file must not take the whole run down.
+        #: Windows scored at most when ``max_windows`` is None (an hour-long file must not take hours).
         self.safety_windows = SAFETY_WINDOWS
         self.decoder = resolve_decoder(decoder)
         self.max_pixels = max_pixels
@@ -195,12 +208,26 @@ class Preprocessor:
         return (_rebuild, (type(self), self._init_args, self._init_kwargs))
 
     def __call__(self, path: str | Path, kind: str | None = None) -> PreparedFile:
+        """Every window of the file in ``originals`` / ``reconstructions`` (see :meth:`stream` to bound memory)."""
+        windows: list[tuple[np.ndarray, np.ndarray]] = []
+        item = self.stream(path, kind, lambda original, recon: windows.append((original, recon)))
+        t0 = time.perf_counter()
+        if windows:
+            item.originals = np.stack([original for original, _ in windows])
+            same = all(original is recon for original, recon in windows)
+            item.reconstructions = item.originals if same else np.stack([recon for _, recon in windows])
+        item.timings["preprocess"] += time.perf_counter() - t0
+        return item
+
+    def stream(self, path: str | Path, kind: str | None, emit: WindowSink) -> PreparedFile:
+        """Prepare one file, handing each window to ``emit`` (it may block) once complete; returns the file
+        without pixels. A :class:`MediaError` may follow emitted windows (discard them)."""
         path = Path(path)
         kind = kind or media_kind(path)
         if kind == IMAGE:
-            return self._image(path)
+            return self._image(path, emit)
         if kind == VIDEO:
-            return self._video(path)
+            return self._video(path, emit)
         raise MediaError(str(path), f"unsupported file type '{path.suffix or '(no extension)'}'")
 
     # -- shared ----------------------------------------------------------------------------------------------
@@ -261,103 +288,128 @@ class Preprocessor:
         item.preview = shrink(frame, self.preview_side)
         item.preview_frame, item.frame_size, item.preview_has_face = index, (width, height), has_face
 
-    @staticmethod
-    def _finish(item: PreparedFile, crops: list[np.ndarray], recons: list[np.ndarray], shape: tuple[int, ...]) -> None:
-        item.originals = np.stack(crops).reshape(shape)
-        same = all(a is b for a, b in zip(crops, recons, strict=True))
-        item.reconstructions = item.originals if same else np.stack(recons).reshape(shape)
-
     # -- images -----------------------------------------------------------------------------------------------
-    def _image(self, path: Path) -> PreparedFile:
+    def _image(self, path: Path, emit: WindowSink) -> PreparedFile:
         item = self._new(path, IMAGE)
         t0 = time.perf_counter()
         frame = load_image(path, self.max_pixels)
         item.timings["decode"] = time.perf_counter() - t0
         out, out_r = self._spatial(frame, item)
         t1 = time.perf_counter()
-        shape = (1, self.frames, self.size, self.size, 3)
-        self._finish(item, [out] * self.frames, [out_r] * self.frames, shape)
+        window = frame_sampling.stack_window([out] * self.frames, [out_r] * self.frames)
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = [[0] * self.frames]
         item.frames_used = 1
+        emit(*window)
         return item
 
     # -- videos -----------------------------------------------------------------------------------------------
-    def _video(self, path: Path) -> PreparedFile:
+    def _video(self, path: Path, emit: WindowSink) -> PreparedFile:
         item = self._new(path, VIDEO)
         item.decoder = self.decoder
         if self.preset == "faces":
-            self._video_faces(path, item)
+            self._video_faces(path, item, emit)
         else:
-            self._video_frames(path, item)
+            self._video_frames(path, item, emit)
+        if item.rotation:
+            item.notes.append(f"display rotation {item.rotation} degrees (container display matrix) applied")
         return item
 
-    def _video_faces(self, path: Path, item: PreparedFile) -> None:
+    def _video_faces(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
         t0 = time.perf_counter()
-        sampled = read_sampled_frames(path, self.frames, self.max_seconds, self.decoder)
-        frames, indices, count = sampled.frames, sampled.indices, sampled.decoded
-        item.fps = sampled.fps
+        frames: dict[int, np.ndarray] = {}
+        with open_video(path, self.decoder, self.max_pixels) as reader:
+            item.fps = reader.fps
+            fps = reader.fps or FALLBACK_FPS
+            limit = max(1, int(fps * self.max_seconds))  # the seed's int(fps * 10)
+            guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
+            wanted = set(frame_sampling.sample_indices(guess, self.frames))
+            scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
+            item.rotation = reader.rotation
+        count = scan.decoded
+        if count == 0:
+            raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
+        indices = frame_sampling.sample_indices(count, self.frames)
+        if not set(indices) <= frames.keys():
+            # The container's frame count was wrong (or decoding stopped early): now that the true count is
+            # known, decode again and keep the exact frames of the seed's sampling over that count.
+            frames.clear()
+            wanted = set(indices)
+            with open_video(path, self.decoder, self.max_pixels) as reader:
+                rescan = reader.scan(wanted.__contains__, frames.__setitem__, count)
+            if not set(indices) <= frames.keys():
+                raise MediaError(str(path), f"frames changed between two decoding passes ({rescan.error or 'fewer'})")
         item.timings["decode"] = time.perf_counter() - t0
         item.frames_decoded = count
-        if sampled.error:
-            item.notes.append(sampled.error)
+        if scan.error:
+            item.notes.append(scan.error)
         if count < self.frames:
             item.notes.append(f"only {count} frames: sampled frames repeat to fill {self.frames}")
         if item.fps is None:
             item.notes.append(
-                f"frame rate unknown: first {sampled.limit} frames sampled ({FALLBACK_FPS:g} fps assumed)"
+                f"frame rate unknown: first {limit} frames sampled ({FALLBACK_FPS:g} fps assumed)"
             )
         distinct = sorted(set(indices))
         faces = self._find_faces([frames[i] for i in distinct], distinct, item)  # one batched chain run
         processed = {i: self._spatial(frames[i], item, i, face) for i, face in zip(distinct, faces, strict=True)}
+        frames.clear()  # the full-size frames are no longer needed
         t1 = time.perf_counter()
-        shape = (1, self.frames, self.size, self.size, 3)
-        self._finish(item, [processed[i][0] for i in indices], [processed[i][1] for i in indices], shape)
+        window = frame_sampling.stack_window([processed[i][0] for i in indices], [processed[i][1] for i in indices])
         item.timings["preprocess"] += time.perf_counter() - t1
         item.frame_indices = [indices]
         item.frames_used = len(processed)
+        emit(*window)
 
-    def _video_frames(self, path: Path, item: PreparedFile) -> None:
+    def _video_frames(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
+        """Windows of ``T`` consecutive frames, each emitted once its last frame is cropped (bounded memory)."""
         crops: list[np.ndarray] = []
         recons: list[np.ndarray] = []
+        cap = self.max_windows if self.max_windows is not None else self.safety_windows
+        blocked = 0.0  # seconds inside emit (the consumer's back-pressure): neither decoding nor cropping
 
         def keep(index: int, frame: np.ndarray) -> None:
+            nonlocal blocked
+            if len(item.frame_indices) >= cap:
+                return  # the frame past the cap only tells "longer than the cap" from "exactly at it"
             out, out_r = self._spatial(frame, item, index)
             crops.append(out)
             recons.append(out_r)
+            if len(crops) == self.frames:
+                t0 = time.perf_counter()
+                window = frame_sampling.stack_window(crops, recons)
+                item.timings["preprocess"] += time.perf_counter() - t0
+                start = len(item.frame_indices) * self.frames
+                item.frame_indices.append(list(range(start, start + self.frames)))
+                del crops[:], recons[:]
+                t1 = time.perf_counter()
+                emit(*window)
+                blocked += time.perf_counter() - t1
 
-        cap = self.max_windows if self.max_windows is not None else self.safety_windows
         # Without an explicit cap, one frame beyond the safety cap tells "exactly at the cap" from "longer".
         limit = cap * self.frames + (0 if self.max_windows is not None else 1)
         t0 = time.perf_counter()
-        with open_video(path, self.decoder) as reader:
+        with open_video(path, self.decoder, self.max_pixels) as reader:
             item.fps = reader.fps
             scan = reader.scan(lambda index: True, keep, limit)
-        # Time in the visitor (crops) is preprocessing; the remainder of the pass is decoding.
-        item.timings["decode"] = time.perf_counter() - t0 - item.timings["preprocess"]
+            item.rotation = reader.rotation
+        # Time in the visitor (crops) is preprocessing; the remainder of the pass, less emit, is decoding.
+        item.timings["decode"] = time.perf_counter() - t0 - item.timings["preprocess"] - blocked
         count = scan.decoded
         item.frames_decoded = count
         if count == 0:
             raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
         if self.max_windows is None and count > cap * self.frames:
             item.notes.append(
-                f"longer than the safety cap of {cap} windows ({cap * self.frames} frames held in memory): "
+                f"longer than the safety cap of {cap} windows ({cap * self.frames} frames): "
                 "only those were scored; pass --max-windows to choose the number"
             )
-        windows = frame_sampling.window_indices(count, self.frames, cap)
-        if not windows:
+        if not item.frame_indices:
             raise MediaError(
                 str(path), f"only {count} decodable frames; the frames preset needs at least {self.frames} (one window)"
             )
         if scan.error:
             item.notes.append(scan.error)
-        used = len(windows) * self.frames
-        t1 = time.perf_counter()
-        shape = (len(windows), self.frames, self.size, self.size, 3)
-        self._finish(item, crops[:used], recons[:used], shape)
-        item.timings["preprocess"] += time.perf_counter() - t1
-        item.frame_indices = windows
-        item.frames_used = used
+        item.frames_used = len(item.frame_indices) * self.frames
 
 
 def _rebuild(cls: type[Preprocessor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Preprocessor:

@@ -185,7 +185,7 @@ def _distinct_crops(prepared: PreparedFile, window: int) -> tuple[list[int], lis
     for t, frame in enumerate(prepared.frame_indices[window]):
         if frame not in frames:
             frames.append(frame)
-            crops.append(prepared.originals[window, t])
+            crops.append(prepared.window(window)[t])
     return frames, crops
 
 
@@ -249,7 +249,7 @@ class RunRecorder:
         for window in range(prepared.windows):
             for t, frame in enumerate(prepared.frame_indices[window]):
                 if frame not in written:
-                    write_bytes(folder / f"{frame}.png", encode_png(prepared.originals[window, t]))
+                    write_bytes(folder / f"{frame}.png", encode_png(prepared.window(window)[t]))
                     written.add(frame)
 
     def _write_thumbs(self, name: str, prepared: PreparedFile, probs: Sequence[float]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mmdet_deploy.errors import UsageError
+from mmdet_deploy.runtime.names import as_written, printable
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class ResultRow:
     processing time spent on this file (decode + faces + preprocessing + its share of inference).
     """
 
+    #: The file's name escaped by :func:`~mmdet_deploy.runtime.names.escape_name` (as discovery gives it).
     filename: str
     label: int | None = None
     prob_fake: float | None = None
@@ -61,10 +63,11 @@ class ResultRow:
     def to_fields(self) -> list[str]:
         prob = "" if self.prob_fake is None else f"{self.prob_fake:.6f}"
         label = "" if self.label is None else str(self.label)
-        # One row must stay one line: the partial-line repair relies on it.
-        reason = " ".join(self.reason.split())
+        # One row must stay one line: the partial-line repair relies on it. printable(): a decoder message
+        # may quote raw bytes of a file name, which UTF-8 cannot encode.
+        reason = printable(" ".join(self.reason.split()))
         return [
-            self.filename, label, prob, self.status, reason, self.kind, str(self.frames), str(self.windows),
+            as_written(self.filename), label, prob, self.status, reason, self.kind, str(self.frames), str(self.windows),
             self.detector, str(self.frames_without_face), f"{self.seconds:.3f}",
         ]
 
@@ -116,12 +119,13 @@ def load_results(path: Path) -> list[ResultRow]:
     lines = complete.split("\n") if complete else []
     if not lines:
         if partial:
-            logger.warning("%s: dropped an incomplete header line left by an interrupted run", path)
+            logger.warning("%s: dropped an incomplete header line left by an interrupted run", as_written(str(path)))
         _rewrite(path, [])
         return []
     header = next(csv.reader([lines[0]]))
     if tuple(header) != COLUMNS:
-        raise UsageError(f"{path}: not a results file of this version (columns {header}); choose another --out")
+        raise UsageError(f"{as_written(str(path))}: not a results file of this version (columns {header}); "
+                         "choose another --out")
     rows: list[ResultRow] = []
     dropped = 1 if partial else 0
     seen: set[str] = set()
@@ -140,7 +144,8 @@ def load_results(path: Path) -> list[ResultRow]:
         seen.add(row.filename)
         rows.append(row)
     if dropped:
-        logger.warning("%s: dropped %d incomplete or invalid row(s) left by an interrupted run", path, dropped)
+        logger.warning("%s: dropped %d incomplete or invalid row(s) left by an interrupted run", as_written(str(path)),
+                       dropped)
         _rewrite(path, rows)
     return rows
 
@@ -172,10 +177,13 @@ class ResultsWriter:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / RESULTS_NAME
         self.fsync = fsync
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        make_out_dir(self.out_dir)
         self.previous: list[ResultRow] = load_results(self.path) if resume else []
         new_file = overwrite or not self.path.exists() or self.path.stat().st_size == 0
-        self._handle = open(self.path, "w" if new_file else "a", encoding="utf-8", newline="")
+        try:
+            self._handle = open(self.path, "w" if new_file else "a", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise UsageError(f"{as_written(str(self.path))}: cannot write the results ({exc.strerror or exc})") from exc
         if new_file:
             self._append(_csv_line(COLUMNS))
         self.rows: list[ResultRow] = list(self.previous)
@@ -186,11 +194,17 @@ class ResultsWriter:
         if resume and overwrite:
             raise UsageError("--resume and --overwrite contradict each other; choose one")
         out_dir = Path(out_dir)
+        shown = as_written(str(out_dir))
+        if out_dir.is_symlink() and not out_dir.exists():
+            raise UsageError(f"{shown}: --out is a dangling symbolic link (its target {os.readlink(out_dir)!r} "
+                             "does not exist); remove it or choose another folder")
         if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"{out_dir}: --out exists and is not a folder")
+            raise UsageError(f"{shown}: --out exists and is not a folder")
+        _check_can_create(out_dir)
         path = out_dir / RESULTS_NAME
         if not resume and not overwrite and path.exists() and path.stat().st_size > 0:
-            raise UsageError(f"{path} already exists; pass --resume to continue that run or --overwrite to replace it")
+            raise UsageError(f"{as_written(str(path))} already exists; pass --resume to continue that run or "
+                             "--overwrite to replace it")
 
     def done(self) -> set[str]:
         """Names of files that already have a row (from a previous run or this one)."""
@@ -218,6 +232,27 @@ class ResultsWriter:
         self.close()
 
 
+def _check_can_create(out_dir: Path) -> None:
+    """Refuse an ``--out`` that cannot be created or written, before any work: the nearest existing folder
+    on its path must be a writable folder (not a file, not /proc)."""
+    shown = as_written(str(out_dir))
+    parent = out_dir
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{shown}: cannot create --out: {as_written(str(parent))} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{shown}: cannot write --out: {as_written(str(parent))} is not writable")
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create the output folder; any OS refusal (a file on the path, /proc, a read-only disk) is one line."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{as_written(str(out_dir))}: cannot create --out ({exc.strerror or exc})") from exc
+
+
 def write_predictions(out_dir: Path, rows: Iterable[ResultRow], error_label: int | None = None) -> Path:
     """Write ``predictions.csv`` (``filename,label``) from result rows, atomically; returns its path.
 
@@ -229,9 +264,9 @@ def write_predictions(out_dir: Path, rows: Iterable[ResultRow], error_label: int
     lines = [_csv_line(("filename", "label"))]
     for row in rows:
         if row.status in SCORED and row.label is not None:
-            lines.append(_csv_line((row.filename, str(row.label))))
+            lines.append(_csv_line((as_written(row.filename), str(row.label))))
         elif row.status == ERROR and error_label is not None:
-            lines.append(_csv_line((row.filename, str(error_label))))
+            lines.append(_csv_line((as_written(row.filename), str(error_label))))
     path = Path(out_dir) / PREDICTIONS_NAME
     atomic_write_text(path, "".join(lines))
     return path
@@ -239,8 +274,10 @@ def write_predictions(out_dir: Path, rows: Iterable[ResultRow], error_label: int
 
 MANIFEST_NAME = "run.json"
 #: Settings that change predictions: resuming with any of them changed would mix two different runs.
+#: ``input`` too: rows are keyed on names relative to INPUT, so another INPUT's files would be mistaken for
+#: this one's.
 MANIFEST_KEYS = ("checkpoint_sha256", "head", "config", "precision", "preset", "threshold", "frames", "image_size",
-                 "max_windows", "face_detectors", "face_chain")
+                 "max_windows", "face_detectors", "face_chain", "input")
 
 
 def check_manifest(out_dir: Path, settings: Mapping[str, object], resume: bool) -> None:

@@ -20,23 +20,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from mmdet_deploy.contract import PRESETS, ModelContract
-from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, Interrupted, UsageError
 from mmdet_deploy.runtime.backends.base import Backend, check_backend_name, create_backend
 from mmdet_deploy.runtime.decode import DECODERS
-from mmdet_deploy.runtime.discovery import MediaItem, discover
+from mmdet_deploy.runtime.discovery import MediaItem, check_out_not_input, discover
 from mmdet_deploy.runtime.faces import CHAINS, DETECT_MAX_SIDE
-from mmdet_deploy.runtime.pipeline import PipelineStats, run_inference
+from mmdet_deploy.runtime.names import escape_name
+from mmdet_deploy.runtime.pipeline import DEFAULT_FILE_TIMEOUT, PipelineStats, run_inference
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.records import PREVIEW_SIDE, RunRecorder
 from mmdet_deploy.runtime.results import ResultRow
 from mmdet_deploy.runtime.sink import ResultsSink
+from mmdet_deploy.runtime.summary import ProgressHook, RunSummary
+from mmdet_deploy.runtime.summary import as_hook as _as_hook
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,14 @@ RAY_ONLY = {"--ray-address": "ray_address", "--ray-actors": "ray_actors",
             "--ray-gpus-per-actor": "ray_gpus_per_actor", "--ray-cpus-per-actor": "ray_cpus_per_actor",
             "--ray-cpus-per-task": "ray_cpus_per_task", "--ray-max-in-flight": "ray_max_in_flight",
             "--ray-retries": "ray_retries", "--ray-connect-timeout": "ray_connect_timeout"}
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def default_workers() -> int:
@@ -85,7 +97,9 @@ class RunConfig:
     only; ``model_config`` (``base``/``tiny``), ``head``, ``precision`` (``fp32``/``fp16``/``bf16``) and
     ``cuda_graphs`` to the torch backend only (None: base, simplified, fp32, no graphs). ``decode_processes``:
     the ``workers`` are processes instead of threads (decoding and face detection then scale past the GIL;
-    see ``runtime.prepare_pool``). Names lists accept ``"a,b"`` or ``("a", "b")``. Display flags
+    see ``runtime.prepare_pool``). ``file_timeout`` (local engine): seconds one file's preparation may go
+    without progress before it gets an ``error`` row (0: no limit). Names lists accept ``"a,b"`` or
+    ``("a", "b")``. Display flags
     (``--quiet``, ``--verbose``) are the caller's business.
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
     and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
@@ -123,6 +137,7 @@ class RunConfig:
     decoder: str = "auto"
     save_crops: bool = False
     report: bool = False
+    file_timeout: float = DEFAULT_FILE_TIMEOUT
     engine: str = "local"
     ray_address: str | None = None
     ray_actors: int = 1
@@ -160,6 +175,10 @@ class RunConfig:
                                    ("--detect-size", self.detect_size, 32), ("--threads", self.threads, 0)):
             if value < least:
                 raise UsageError(f"{flag} must be at least {least}, got {value}")
+        if not (self.file_timeout >= 0 and math.isfinite(self.file_timeout)):
+            raise UsageError(f"--file-timeout must be a number of seconds >= 0 (0: no limit), got {self.file_timeout}")
+        if self.engine == "ray" and self.file_timeout != DEFAULT_FILE_TIMEOUT:
+            raise UsageError("--file-timeout applies to --engine local (the ray engine runs each file in a task)")
         if self.max_windows is not None and self.max_windows < 1:
             raise UsageError(f"--max-windows must be at least 1, got {self.max_windows}")
         if self.error_label not in (None, 0, 1):
@@ -202,8 +221,14 @@ class RunConfig:
 
     def check_paths(self) -> None:
         """Checks that read the file system but write nothing: run before the model is loaded (fail fast)."""
+        for flag, path in (("--model", self.model), ("--yunet-model", self.yunet_model),
+                           ("--mediapipe-model", self.mediapipe_model)):
+            if path is not None and not _utf8(path):
+                # ONNX Runtime and OpenCV cannot take such a path (OpenCV crashes the process on one).
+                raise UsageError(f"{escape_name(str(path))}: the {flag} path is not valid UTF-8; rename it")
         if not self.model.is_file():
-            raise UsageError(f"{self.model}: --model file not found")
+            raise UsageError(f"{escape_name(str(self.model))}: --model file not found")
+        check_out_not_input(self.input_path, self.out)
         ResultsSink.check(self.out, resume=self.resume, overwrite=self.overwrite)
 
     def backend_options(self) -> dict[str, Any]:
@@ -216,71 +241,6 @@ class RunConfig:
             return {}
         return {"providers": list(self.providers) if self.providers else None, "intra_op_threads": self.threads,
                 "trt_fp16": self.trt_fp16, "trt_engine_cache": self.trt_cache}
-
-
-@runtime_checkable
-class ProgressHook(Protocol):
-    """What :func:`run_folder` reports progress to: ``start(total files)``, ``advance(row)`` per finished
-    file, ``stop()`` at the end (also after an error). A plain ``callable(row)`` is accepted too."""
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self, row: ResultRow) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class _CallbackHook:
-    def __init__(self, callback: Callable[[ResultRow], None] | None) -> None:
-        self.callback = callback
-
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, row: ResultRow) -> None:
-        if self.callback is not None:
-            self.callback(row)
-
-    def stop(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What :func:`run_folder` did.
-
-    ``stats`` covers this run's files (counts by status, stage seconds, wall time); ``previous_rows`` the
-    rows a resumed run already had; ``failed`` the ``error`` rows in ``results.csv`` (both runs).
-    ``exit_code`` is what ``mmdet-run`` exits with: 0 when every media file was scored, 1 when some could
-    not be or INPUT held no media (then ``message`` says so and no output paths are set).
-    """
-
-    exit_code: int
-    out_dir: Path
-    stats: PipelineStats
-    previous_rows: int = 0
-    failed: int = 0
-    results_path: Path | None = None
-    predictions_path: Path | None = None
-    manifest_path: Path | None = None
-    summary_path: Path | None = None
-    report_path: Path | None = None
-    backend: dict[str, Any] = field(default_factory=dict)
-    message: str = ""
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """This run's files by status (``ok``, ``no_face``, ``error``, ``skipped``)."""
-        return dict(self.stats.counts)
-
-    @property
-    def files_per_s(self) -> float:
-        """Media files finished per second of wall time."""
-        return self.stats.files_per_s
-
-    @property
-    def wall_s(self) -> float:
-        return self.stats.wall_s
 
 
 def open_backend(config: RunConfig) -> Backend:
@@ -323,7 +283,7 @@ def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Prepr
         "frames": contract.frames, "image_size": contract.image_size, "max_windows": config.max_windows,
         "face_detectors": list(preprocessor.faces.names) if preprocessor.faces else [],
         "face_chain": preprocessor.faces.chain if preprocessor.faces else None,
-        "model": str(config.model.resolve()), "input": str(config.input_path.resolve()),
+        "model": escape_name(str(config.model.resolve())), "input": escape_name(str(config.input_path.resolve())),
         "backend": dict(backend) if isinstance(backend, Mapping) else backend.describe(),
         "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
         "save_crops": config.save_crops, "engine": config.engine,
@@ -338,18 +298,16 @@ OnFile = Callable[[ResultRow, PreparedFile | None, list[float]], None]
 Scorer = Callable[[list[MediaItem], Preprocessor, ResultsSink, Callable[[ResultRow], None], OnFile], PipelineStats]
 
 
-def _as_hook(progress: ProgressHook | Callable[[ResultRow], None] | None) -> ProgressHook:
-    return progress if isinstance(progress, ProgressHook) else _CallbackHook(progress)
-
-
 def run_folder(
     config: RunConfig, progress: ProgressHook | Callable[[ResultRow], None] | None = None
 ) -> RunSummary:
     """Score every file of ``config.input_path``; see the module docstring and :class:`RunSummary`.
 
     Raises :class:`~mmdet_deploy.errors.MMDetError` subclasses for a bad model, bad options, an output
-    folder that holds another run, or a backend failure (rows already written stay on disk and
-    ``predictions.csv`` matches them); a bad input file never raises, it gets an ``error`` row.
+    folder that holds another run (or is being written by one), or a backend failure (rows already written
+    stay on disk and ``predictions.csv`` matches them); a bad input file never raises, it gets an ``error``
+    row. Ctrl-C raises :class:`~mmdet_deploy.errors.Interrupted` (exit code 130) once the finished rows are
+    written.
     """
     hook = _as_hook(progress)
     if config.engine == "ray":
@@ -364,9 +322,12 @@ def run_folder(
 
         def score(todo: list[MediaItem], preprocessor: Preprocessor, sink: ResultsSink,
                   on_row: Callable[[ResultRow], None], on_file: OnFile) -> PipelineStats:
+            # Streamed windows are kept only as long as the per-file outputs need them.
+            keep = "all" if config.save_crops else "best" if config.report else "none"
             return run_inference(todo, preprocessor, backend, writer=sink.writer, batch_size=config.batch_size,
                                  workers=config.workers, threshold=config.threshold, on_row=on_row,
-                                 on_file=on_file, processes=config.decode_processes)
+                                 on_file=on_file, file_timeout=config.file_timeout, keep_windows=keep,
+                                 processes=config.decode_processes)
 
         # On a GPU the face detector runs on the model's own ONNX Runtime providers.
         gpu = config.device != "cpu" and backend.name == "onnxruntime"
@@ -393,7 +354,7 @@ def score_items(
     if items is None:
         items = discover(config.input_path, exclude=[config.out])
     if not any(item.is_media for item in items):
-        message = f"{config.input_path}: found no image or video files ({len(items)} other files)"
+        message = f"{escape_name(str(config.input_path))}: found no image or video files ({len(items)} other files)"
         logger.error("%s", message)
         return RunSummary(EXIT_FAILURE, config.out, PipelineStats(), backend=dict(backend_facts), message=message)
     settings = run_settings(config, contract, preprocessor, backend_facts)
@@ -412,6 +373,11 @@ def score_items(
                     stats = score(todo, preprocessor, sink, hook.advance, recorder.record)
             finally:
                 hook.stop()
+        except KeyboardInterrupt:
+            raise Interrupted(  # predictions.csv is written by the finally below
+                f"interrupted: {len(sink.rows)} of {len(items)} files have their row in "
+                f"{escape_name(str(sink.results_path))}; run the same command with --resume to do the rest"
+            ) from None
         finally:
             # Also after Ctrl-C or a backend failure: predictions.csv always matches results.csv.
             sink.write_predictions()

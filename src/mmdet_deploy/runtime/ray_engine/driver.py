@@ -32,7 +32,7 @@ from mmdet_deploy.errors import BackendError, MMDetError
 from mmdet_deploy.fileio import sha256_file
 from mmdet_deploy.runtime.discovery import MediaItem, discover
 from mmdet_deploy.runtime.pipeline import PipelineStats
-from mmdet_deploy.runtime.prepare import scored_row, skipped_row
+from mmdet_deploy.runtime.prepare import score_source, scored_row, skipped_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.ray_engine.cluster import RaySession, check_capacity, check_nodes, import_ray
 from mmdet_deploy.runtime.ray_engine.stages import (
@@ -308,7 +308,8 @@ class RayScorer:
         self.stats.windows += entry.windows
         seconds = sum(prepared.timings.values()) + entry.infer_s
         probs = [entry.probs[w] for w in range(entry.windows)]
-        self._emit(scored_row(media[index], prepared, probs, self.threshold, seconds), prepared, probs)
+        source = score_source(self.config.backend, self.contract.precision)  # named in a non-finite score's row
+        self._emit(scored_row(media[index], prepared, probs, self.threshold, seconds, source=source), prepared, probs)
 
     def _reassemble(self, entry: _Pending) -> PreparedFile:
         shape = (entry.windows, self.contract.frames, self.contract.image_size, self.contract.image_size, 3)

@@ -17,14 +17,13 @@ from typing import Any
 from urllib.parse import quote
 
 from mmdet_deploy.runtime.discovery import LIST_EXTENSIONS
+from mmdet_deploy.runtime.names import name_bytes as escaped_name_bytes
 from mmdet_deploy.runtime.report import svg
 from mmdet_deploy.runtime.report.data import FaceRecord, RunData, Thumbs
 from mmdet_deploy.runtime.results import NO_FACE, ResultRow
 from mmdet_deploy.runtime.thumbnails import CROP_THUMB_SIDE, FRAME_THUMB_SIDE
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-#: The escapes :func:`mmdet_deploy.runtime.discovery.safe_name` writes for line breaks and non-UTF-8 bytes.
-_NAME_ESCAPE = re.compile(r"\\(n|r|x[89a-fA-F][0-9a-fA-F])")
 
 
 def esc(value: object) -> str:
@@ -43,16 +42,11 @@ def esc(value: object) -> str:
 
 
 def name_bytes(name: str) -> bytes:
-    """The file-system bytes of a results.csv name (undoing ``safe_name``'s escapes)."""
-    out = bytearray()
-    last = 0
-    for match in _NAME_ESCAPE.finditer(name):
-        out += name[last : match.start()].encode("utf-8", "surrogateescape")
-        code = match.group(1)
-        out += b"\n" if code == "n" else b"\r" if code == "r" else bytes([int(code[1:], 16)])
-        last = match.end()
-    out += name[last:].encode("utf-8", "surrogateescape")
-    return bytes(out)
+    """The file-system bytes of a results.csv name or run.json path (undoing :mod:`mmdet_deploy.runtime.names`)."""
+    try:
+        return escaped_name_bytes(name)
+    except ValueError:  # not an escaped name (hand-edited, or written before the escaping was injective)
+        return name.encode("utf-8", "surrogateescape")
 
 
 def original_href(manifest: Mapping[str, Any], name: str, report_dir: Path) -> str | None:
@@ -60,7 +54,7 @@ def original_href(manifest: Mapping[str, Any], name: str, report_dir: Path) -> s
     given = manifest.get("input")
     if not given:
         return None
-    root = Path(str(given))
+    root = Path(os.fsdecode(name_bytes(str(given))))
     raw = name_bytes(name)
     if root.suffix.lower() in LIST_EXTENSIONS and not root.is_dir():
         target = raw if raw.startswith(b"/") else os.path.join(os.fsencode(root.parent), raw)
