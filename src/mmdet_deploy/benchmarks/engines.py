@@ -101,7 +101,8 @@ def engine_benchmark(
     results = {}
     for case in cases_for(actor_counts, cores):
         if progress:
-            progress(f"{case.name}: {case.engine} engine, {case.actors} actor(s), {case.threads or 'all'} threads")
+            pool = f", {case.actors} actor(s)" if case.engine == "ray" else ""
+            progress(f"{case.name}: {case.engine} engine{pool}, {case.threads or 'all'} ONNX Runtime threads")
         results[case.name] = _run_case(case, model, out / "media", out / "runs" / case.name, batch_size, workers,
                                        preset)
     runs = out / "runs"

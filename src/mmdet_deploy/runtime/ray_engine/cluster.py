@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from mmdet_deploy.deps import require
-from mmdet_deploy.errors import MMDetError, UsageError
+from mmdet_deploy.errors import MMDetError, UsageError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def check_nodes(ray: ModuleType, artefacts: Mapping[str, str], readable: Sequenc
         try:
             report = ray.get(ref, timeout=timeout)
         except Exception as exc:  # a node that cannot even run the check (no mmdet-deploy, dead, too slow)
-            failures.append(f"{where}: the check task failed ({type(exc).__name__}: {_first_line(exc)})")
+            failures.append(f"{where}: the check task failed ({type(exc).__name__}: {remote_error(exc)})")
             continue
         problems = list(report["problems"])
         if report["version"] != mmdet_deploy.__version__:
@@ -256,6 +256,11 @@ def check_nodes(ray: ModuleType, artefacts: Mapping[str, str], readable: Sequenc
     return len(nodes)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] if text else "no message"
+def remote_error(exc: BaseException) -> str:
+    """A Ray error as one line: the remote exception's message (Ray's own text is a whole remote traceback),
+    through the runtime's :func:`~mmdet_deploy.errors.one_line`."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        exc = cause
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return one_line(first or type(exc).__name__, limit=200)

@@ -34,13 +34,18 @@ from mmdet_deploy.runtime.discovery import MediaItem, discover
 from mmdet_deploy.runtime.pipeline import PipelineStats
 from mmdet_deploy.runtime.prepare import score_source, scored_row, skipped_row
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
-from mmdet_deploy.runtime.ray_engine.cluster import RaySession, check_capacity, check_nodes, import_ray
+from mmdet_deploy.runtime.ray_engine.cluster import (
+    RaySession,
+    check_capacity,
+    check_nodes,
+    import_ray,
+    remote_error,
+)
 from mmdet_deploy.runtime.ray_engine.stages import (
     CRASH_ENV,
     DecodeSpec,
     InferenceActor,
     decode_stage,
-    one_line,
     with_pixels,
 )
 from mmdet_deploy.runtime.results import ResultRow
@@ -141,7 +146,7 @@ def probe_backend(ray: ModuleType, config: RunConfig) -> tuple[ModelContract, di
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, MMDetError):
             raise exc.cause from None
-        raise BackendError(f"opening the {config.backend} backend on the cluster failed: {one_line(exc)}") from None
+        raise BackendError(f"opening the {config.backend} backend on the cluster failed: {remote_error(exc)}") from None
     contract = ModelContract.from_dict(report["contract"], source=str(config.model))
     return contract, dict(report["describe"]), report["max_batch"]
 
@@ -266,7 +271,7 @@ class RayScorer:
                 break
             except Exception as exc:  # the Ray job itself failed (not a file: those are rows)
                 raise MMDetError(f"the Ray job failed after {len(done)} of {len(media)} media files "
-                                 f"({type(exc).__name__}: {one_line(exc)}); their rows are kept, rerun with "
+                                 f"({type(exc).__name__}: {remote_error(exc)}); their rows are kept, rerun with "
                                  "--resume to score the rest") from exc
             self.stats.stage_s["waiting"] += time.perf_counter() - t0
             for row in batch.to_pylist():

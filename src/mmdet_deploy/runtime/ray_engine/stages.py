@@ -35,6 +35,7 @@ from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.runtime.discovery import MediaItem
 from mmdet_deploy.runtime.prepare import prepare_file
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
+from mmdet_deploy.runtime.ray_engine.cluster import remote_error
 from mmdet_deploy.runtime.results import ERROR, ResultRow
 from mmdet_deploy.runtime.run import RunConfig, build_preprocessor, open_backend
 
@@ -122,17 +123,8 @@ def crash_row(name: str, kind: str, exc: BaseException, retries: int) -> ResultR
         reason = (f"the worker process decoding this file died on all {retries + 1} attempts "
                   f"(a decoder crash or the out-of-memory killer)")
     else:
-        reason = f"the decoding task failed: {type(exc).__name__}: {one_line(exc)}"
+        reason = f"the decoding task failed: {type(exc).__name__}: {remote_error(exc)}"
     return ResultRow(name, status=ERROR, reason=reason, kind=kind)
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (a Ray error's message is a whole remote traceback)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
-        exc = cause
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def decode_stage(batch: Any, *, spec: DecodeSpec) -> Iterator[Any]:
