@@ -140,7 +140,11 @@ def test_pipeline_with_processes_matches_threads_and_counts_decoded_frames(folde
                                   on_row=rows.append, processes=processes)
             runs[processes] = (stats, [(r.filename, r.status, r.prob_fake, r.frames, r.windows) for r in rows])
     (threads, rows_t), (procs, rows_p) = runs[False], runs[True]
-    assert rows_t == rows_p
+    # Same files, statuses, frames and windows; p(fake) within float rounding, since which windows share a
+    # batch depends on when each worker hands them over (streamed by threads, all at once from a process).
+    assert [r[:2] + r[3:] for r in rows_t] == [r[:2] + r[3:] for r in rows_p]
+    for (_, _, p_t, _, _), (_, _, p_p, _, _) in zip(rows_t, rows_p, strict=True):
+        assert (p_t is None and p_p is None) or abs(p_t - p_p) < 1e-6
     assert (threads.worker_kind, procs.worker_kind) == ("threads", "processes")
     # frames preset decodes every frame of the scored videos (short.mp4 and broken.mp4 are error rows)
     assert procs.videos_decoded == 1 and procs.frames_decoded == 130 and procs.frames_per_video == 130.0

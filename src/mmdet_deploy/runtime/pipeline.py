@@ -358,6 +358,9 @@ class _Run:
         for stage, seconds in outcome.timings.items():
             self.summary.stage_s[stage] = self.summary.stage_s.get(stage, 0.0) + seconds
         slot.seconds += sum(outcome.timings.values())
+        if outcome.frames_decoded is not None:
+            self.summary.videos_decoded += 1
+            self.summary.frames_decoded += outcome.frames_decoded
         if outcome.windows != slot.received:
             raise MMDetError(f"{slot.item.name}: {slot.received} windows received, {outcome.windows} prepared")
         slot.prepared = outcome
