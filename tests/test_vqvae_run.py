@@ -164,3 +164,22 @@ print(json.dumps({{"code": code, "heavy": sorted(m for m in sys.modules if m.spl
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 0, "heavy": []}
+
+
+def test_worker_processes_rebuild_the_vqvae(tmp_path: Path, media: Path, tiny_vqvae_onnx) -> None:
+    """--decode-processes pickles the Preprocessor: the VQ-VAE source reopens its session in each process."""
+    import pickle
+
+    rec = VQVAEReconstructor(tiny_vqvae_onnx.path)
+    copy = pickle.loads(pickle.dumps(VQVAEReconstruction(rec)))
+    frame = odd_frame()[0]
+    assert all(np.array_equal(a, b) for a, b in zip(copy.center_pair(frame, 224), VQVAEReconstruction(rec)
+                                                    .center_pair(frame, 224), strict=True))  # fmt: skip
+    model = synthetic(tmp_path / "m.onnx", "vqvae")
+    args = ["--model", model, "--recons", "vqvae", "--vqvae-model", tiny_vqvae_onnx.path, "-q"]
+    assert invoke(media, "--out", tmp_path / "threads", *args)[0] == 0
+    code, output = invoke(media, "--out", tmp_path / "procs", "--decode-processes", *args)
+    assert code == 0, output
+    threads = {r.filename: r.prob_fake for r in load_results(tmp_path / "threads" / "results.csv")}
+    procs = {r.filename: r.prob_fake for r in load_results(tmp_path / "procs" / "results.csv")}
+    assert procs == threads
