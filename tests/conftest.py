@@ -72,3 +72,23 @@ def tiny_onnx_factory(tiny_checkpoint, tmp_path_factory: pytest.TempPathFactory)
 def tiny_onnx(tiny_onnx_factory):
     """Path of the tiny model exported with head ``simplified`` (fp32, parity-checked)."""
     return tiny_onnx_factory("simplified").path
+
+
+# --- the VQ-VAE of the recons input (issue 16): tiny, seeded, exported once per session ----------------
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """Seeded demo weights of the tiny VQ-VAE (width 16, 64 codes) with the reference's keys."""
+    pytest.importorskip("torch")
+    from mmdet_deploy.model.vqvae_io import write_vqvae_demo
+
+    return write_vqvae_demo(tmp_path_factory.mktemp("vqvae") / "tiny_vqvae.pt", config="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_vqvae_onnx(tiny_vqvae_checkpoint, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny VQ-VAE exported by ``export_vqvae`` (parity-checked); returns the export result."""
+    from mmdet_deploy.export.vqvae_export import export_vqvae
+
+    return export_vqvae(tiny_vqvae_checkpoint, tmp_path_factory.mktemp("vqvae_onnx") / "tiny_vqvae.onnx")

@@ -101,7 +101,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     settings: dict[str, object] = {
         "checkpoint_sha256": "abc", "head": "simplified", "config": "tiny", "precision": "fp32", "preset": "faces",
         "threshold": 0.5, "frames": 10, "image_size": 224, "max_windows": None, "face_detectors": ["haar"],
-        "face_chain": "custom", "model": "/models/a.onnx", "input": "/data/videos",
+        "face_chain": "custom", "model": "/models/a.onnx", "input": "/data/videos", "recons": {"mode": "original"},
     }
     check_manifest(tmp_path, settings, resume=False)
     check_manifest(tmp_path, settings | {"model": "/elsewhere/a.onnx"}, resume=True)  # informational key
@@ -109,3 +109,5 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         check_manifest(tmp_path, settings | {"preset": "frames"}, resume=True)
     with pytest.raises(UsageError, match="threshold"):
         check_manifest(tmp_path, settings | {"threshold": 0.7}, resume=True)
+    with pytest.raises(UsageError, match="recons"):
+        check_manifest(tmp_path, settings | {"recons": {"mode": "vqvae", "jpeg": True}}, resume=True)

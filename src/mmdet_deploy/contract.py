@@ -49,6 +49,8 @@ HEADS = ("simplified", "fc", "fusion")
 PRESETS = ("faces", "frames")
 CONFIGS = ("base", "tiny")
 PRECISIONS = ("fp32", "fp16", "int8")
+#: What the model expects as ``recons``: the frames again (the seed) or their VQ-VAE reconstructions (official).
+RECONS_MODES = ("original", "vqvae")
 
 #: Name of the dynamic batch axis in every tensor spec.
 BATCH = "batch"
@@ -110,7 +112,8 @@ class ModelContract:
     """What an artefact computes and the preprocessing it expects (the versioned JSON contract).
 
     ``threshold`` is the decision threshold on ``prob_fake`` (label 1 when ``prob_fake >= threshold``).
-    ``versions`` records the producing package / torch / onnx (/ tensorrt) versions.
+    ``versions`` records the producing package / torch / onnx (/ tensorrt) versions. ``recons`` is what the
+    checkpoint was trained with as its ``recons`` input (contracts written before the field read "original").
     """
 
     head: str = "simplified"
@@ -125,6 +128,7 @@ class ModelContract:
     precision: str = "fp32"
     threshold: float = 0.5
     threshold_source: str = "default"
+    recons: str = "original"
     checkpoint_sha256: str = ""
     demo_weights: bool = False
     exporter: str = ""
@@ -137,6 +141,7 @@ class ModelContract:
         _check_choice("head", self.head, HEADS)
         _check_choice("preset", self.preset, PRESETS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("recons", self.recons, RECONS_MODES)
         if self.channel_order != "RGB":
             raise ContractError(f"unsupported channel order {self.channel_order!r}; only RGB is defined")
         if not 0.0 <= float(self.threshold) <= 1.0:  # NaN fails this too

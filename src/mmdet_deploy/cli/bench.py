@@ -5,7 +5,8 @@
 :func:`mmdet_deploy.benchmarks.int8.int8_benchmark`;
 ``mmdet-bench faces --out DIR`` over :func:`mmdet_deploy.benchmarks.face_report.run_faces_benchmark`;
 ``mmdet-bench ray --model M.onnx --out DIR`` over
-:func:`mmdet_deploy.benchmarks.engines.engine_benchmark`.
+:func:`mmdet_deploy.benchmarks.engines.engine_benchmark`;
+``mmdet-bench vqvae --out DIR`` over :func:`mmdet_deploy.benchmarks.vqvae.vqvae_benchmark`.
 """
 
 from __future__ import annotations
@@ -209,6 +210,47 @@ def ray_engine(
                               batch_size=batch_size, workers=workers, preset=preset,
                               progress=lambda msg: typer.echo(msg, err=True))
     typer.echo(format_report(report))
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"1280x720,640x360"`` -> ((1280, 720), (640, 360)); raises :class:`UsageError` otherwise."""
+    try:
+        sizes = tuple(tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise UsageError(f"--sizes {text!r}: expected comma-separated WIDTHxHEIGHT, e.g. 1280x720,640x360")
+    return sizes  # type: ignore[return-value]
+
+
+@app.command("vqvae")
+@user_errors
+def vqvae(
+    out: Path = typer.Option(..., "--out", help="Folder for report.md and report.json (artefacts cached inside)."),
+    config: str = typer.Option("base", help="VQ-VAE width: base (256, the reference) or tiny (16, CI)."),
+    sizes: str = typer.Option("1280x720,640x360", help="Frame sizes timed per frame, WIDTHxHEIGHT,..."),
+    backends: str = typer.Option("onnxruntime,openvino", help="VQ-VAE backends timed per frame."),
+    threads: int = typer.Option(0, "--threads", min=0, help="Intra-op threads of the VQ-VAE (0: default)."),
+    e2e: bool = typer.Option(True, "--e2e/--no-e2e", help="Also time mmdet-run's pipeline end to end."),
+    workers: int = typer.Option(2, min=1, help="Preprocessing threads of the end-to-end pipeline."),
+    min_reps: int = typer.Option(3, "--min-reps", min=1, help="Minimum timed calls per row."),
+    budget_s: float = typer.Option(3.0, "--budget-s", min=0.0, help="Timed seconds per row."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """VQ-VAE reconstructions: GFLOP and ms per frame (full vs crop with margin) and end-to-end files/s."""
+    from mmdet_deploy.benchmarks.timing import TimingPolicy
+    from mmdet_deploy.benchmarks.vqvae import vqvae_benchmark
+
+    setup_logging(verbose=verbose)
+    policy = TimingPolicy(warmup=1, min_reps=min_reps, time_budget_s=budget_s, max_reps=max(min_reps, 20))
+    names = tuple(b.strip() for b in backends.split(",") if b.strip())
+    report = vqvae_benchmark(out, config=config, sizes=parse_sizes(sizes), backends=names, threads=threads,
+                             policy=policy, e2e=e2e, workers=workers,
+                             progress=lambda msg: typer.echo(msg, err=True))  # fmt: skip
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    if not any(r.get("status") == "ok" for r in report["per_frame"]):
+        typer.echo("error: no VQ-VAE backend could run; see the statuses above", err=True)
+        raise typer.Exit(1)
 
 
 def main() -> None:

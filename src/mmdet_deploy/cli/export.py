@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "mmdet_deploy.cli.model_cmds",
     "mmdet_deploy.cli.build_cmds",
     "mmdet_deploy.cli.int8_cmds",
+    "mmdet_deploy.cli.vqvae_cmds",
 )
 
 for _name in COMMAND_MODULES:

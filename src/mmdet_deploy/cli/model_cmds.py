@@ -43,6 +43,7 @@ def onnx(
     with_features: bool = typer.Option(False, help="Add a 'features' output (pooled feature, for INT8 gates)."),
     exporter: str = typer.Option("auto", help="auto (dynamo, falling back to TorchScript) | dynamo | torchscript."),
     parity_clips: int = typer.Option(2, min=1, help="Random clips in the parity check."),
+    recons: str = typer.Option("original", help="recons the checkpoint was trained with: original | vqvae."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Export a checkpoint to ONNX with its contract, a TensorRT report and a parity report."""
@@ -52,6 +53,7 @@ def onnx(
     result = export_onnx(
         weights, out, head=head, config=config, opset=opset, simplify=simplify, check=check, precision=precision,
         preset=preset, samples=samples, with_features=with_features, exporter=exporter, parity_clips=parity_clips,
+        recons=recons,
     )
     typer.echo(
         f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.node_count} nodes, exporter "

@@ -54,6 +54,12 @@ HELP = {
     "ray_max_in_flight": "ray engine: files being decoded at once (memory bound). Default: 2 x actors x batch size.",
     "ray_retries": "ray engine: retries of a file whose worker process died before it gets an error row.",
     "file_timeout": "Seconds a file may be prepared without progress before it gets an error row (0: no limit).",
+    "recons": "The model's recons input: original (the frames again, the seed) or vqvae (VQ-VAE reconstructions, "
+    "the official pipeline; needs --vqvae-model).",
+    "vqvae_model": "--recons vqvae: the VQ-VAE ONNX written by `mmdet-export vqvae`.",
+    "recons_jpeg": "--recons vqvae: store the original as JPEG q95 and the reconstruction as JPEG q75 before "
+    "reading them, as the reference does (default: on, it is what the checkpoint saw).",
+    "vqvae_providers": "--recons vqvae: onnxruntime providers of the VQ-VAE, e.g. cuda,cpu. Default: from --device.",
 }
 
 
@@ -92,6 +98,10 @@ def run(
     precision: str | None = typer.Option(None, "--precision", help="torch backend: fp32 (default), fp16 (CUDA), bf16."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs."),
     file_timeout: float = typer.Option(DEFAULT_FILE_TIMEOUT, "--file-timeout", min=0.0, help=HELP["file_timeout"]),
+    recons: str = typer.Option("original", help=HELP["recons"]),
+    vqvae_model: Path | None = typer.Option(None, "--vqvae-model", help=HELP["vqvae_model"]),
+    recons_jpeg: bool | None = typer.Option(None, "--recons-jpeg/--no-recons-jpeg", help=HELP["recons_jpeg"]),
+    vqvae_providers: str | None = typer.Option(None, "--vqvae-providers", help=HELP["vqvae_providers"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs."),
     engine: str = typer.Option("local", "--engine", help=HELP["engine"]),
     ray_address: str | None = typer.Option(None, "--ray-address", help=HELP["ray_address"]),
@@ -125,6 +135,7 @@ def run(
         ray_connect_timeout=ray_connect_timeout, file_timeout=file_timeout,
         decode_processes=decode_processes, model_config=model_config, head=head, precision=precision,
         cuda_graphs=cuda_graphs,
+        recons=recons, vqvae_model=vqvae_model, recons_jpeg=recons_jpeg, vqvae_providers=vqvae_providers,
     )
     try:
         summary = run_folder(config, progress=RunProgress(enabled=not quiet))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmdet_deploy import __version__
-from mmdet_deploy.contract import HEADS, LOGITS, PRESETS, ModelContract
+from mmdet_deploy.contract import HEADS, LOGITS, PRESETS, RECONS_MODES, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import ExportError, UsageError
 from mmdet_deploy.export.graph_passes import gelu_for_fusion
@@ -114,7 +114,9 @@ class ExportOptions:
     ``opset`` >= :data:`MIN_OPSET`; ``precision`` fp32 or fp16 (INT8 comes from ``quantize``); ``exporter``
     auto (dynamo, falling back to TorchScript), dynamo or torchscript; ``samples`` a folder of real media
     added to the parity inputs; ``parity_clips`` random clips compared; ``atol`` the logit tolerance
-    (default: the precision's, see :mod:`mmdet_deploy.export.parity_check`).
+    (default: the precision's, see :mod:`mmdet_deploy.export.parity_check`); ``recons`` what the checkpoint
+    was trained with as its ``recons`` input (``original`` frames or ``vqvae`` reconstructions), stamped into
+    the contract so that ``mmdet-run`` warns when a run feeds the other.
     """
 
     head: str = "simplified"
@@ -129,12 +131,15 @@ class ExportOptions:
     exporter: str = "auto"
     parity_clips: int = 2
     atol: float | None = None
+    recons: str = "original"
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise UsageError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         if self.preset not in PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.recons not in RECONS_MODES:
+            raise UsageError(f"unknown recons {self.recons!r}; choose one of {', '.join(RECONS_MODES)}")
         if self.opset < MIN_OPSET:
             raise UsageError(f"opset {self.opset} is too old: LayerNormalization needs opset >= {MIN_OPSET}")
         if self.precision not in EXPORT_PRECISIONS:
@@ -163,6 +168,7 @@ def export_onnx(
     exporter: str = "auto",
     parity_clips: int = 2,
     atol: float | None = None,
+    recons: str = "original",
 ) -> ExportResult:
     """Export ``weights`` to ``out`` (ONNX): load, trace, clean, stamp the contract, save, verify.
 
@@ -173,7 +179,7 @@ def export_onnx(
     options = ExportOptions(
         head=head, config=config, opset=opset, simplify=simplify, check=check, precision=precision, preset=preset,
         samples=Path(samples) if samples is not None else None, with_features=with_features, exporter=exporter,
-        parity_clips=parity_clips, atol=atol,
+        parity_clips=parity_clips, atol=atol, recons=recons,
     )
     require("onnx", "ONNX export")
     out = Path(out)
@@ -201,7 +207,7 @@ def load_for_export(weights: str | Path, options: ExportOptions) -> tuple[Any, M
     if info.demo:
         log.warning("%s: demo weights; the exported model's predictions are meaningless", weights)
     contract = ModelContract(
-        head=options.head, preset=options.preset, config=model.cfg.name, frames=model.cfg.frames,
+        head=options.head, preset=options.preset, recons=options.recons, config=model.cfg.name, frames=model.cfg.frames,
         image_size=model.cfg.image_size, precision="fp32", checkpoint_sha256=info.sha256, demo_weights=info.demo,
         opset=options.opset, versions=versions(),
         extra={"checkpoint": Path(weights).name, "with_features": options.with_features},

@@ -60,7 +60,7 @@ POLL_S = 0.1
 KEEP_WINDOWS = ("none", "best", "all")
 
 #: Stages whose busy time is reported (seconds summed over threads; worker stages can overlap each other).
-STAGES = ("decode", "face_detection", "preprocess", "inference", "writing", "waiting")
+STAGES = ("decode", "face_detection", "reconstruction", "preprocess", "inference", "writing", "waiting")
 
 
 @dataclass

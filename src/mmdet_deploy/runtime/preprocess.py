@@ -74,7 +74,8 @@ class PreparedFile:
     ``originals`` / ``reconstructions`` are uint8 RGB ``(W, T, S, S, 3)`` (the same array when the
     reconstruction is the identity); :attr:`clips` / :attr:`recons` are their normalised float32
     ``(W, T, 3, S, S)`` views, built on first access (empty from :meth:`Preprocessor.stream`). ``timings``:
-    seconds per stage (``decode``, ``face_detection``, ``preprocess``). ``rotation``: degrees
+    seconds per stage (``decode``, ``face_detection``, ``preprocess``, and ``reconstruction`` when the
+    ``recons`` source is not the identity). ``rotation``: degrees
     counter-clockwise applied from the container's display matrix.
     """
 
@@ -235,6 +236,8 @@ class Preprocessor:
         empty = np.empty((0, self.frames, self.size, self.size, 3), np.uint8)
         item = PreparedFile(path, kind, self.preset, empty, empty, [], self.contract.mean, self.contract.std)
         item.timings = {"decode": 0.0, "face_detection": 0.0, "preprocess": 0.0}
+        if not self.reconstruction.is_identity:
+            item.timings["reconstruction"] = 0.0
         return item
 
     def _find_faces(self, frames: list[np.ndarray], indices: list[int], item: PreparedFile) -> list[FaceRecord]:
@@ -257,27 +260,28 @@ class Preprocessor:
         self, frame: np.ndarray, item: PreparedFile, index: int = 0, face: FaceRecord | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Crop / resize frame ``index`` and its reconstruction to (S, S, 3); faces preset: around ``face``
-        (the chain runs on this frame alone when it is None)."""
-        recon = self.reconstruction.reconstruct(frame)
+        (the chain runs on this frame alone when it is None). The ``recons`` source returns the (original,
+        reconstruction) pair of the crop region only: a VQ-VAE computes just that region, and may change the
+        original (the reference's JPEG storage); the identity returns the same array twice."""
+        source = self.reconstruction
+        stage = "preprocess" if source.is_identity else "reconstruction"
         if self.faces is None:
             t0 = time.perf_counter()
-            out = frame_sampling.center_crop(frame, self.size)
-            out_r = out if recon is frame else frame_sampling.center_crop(recon, self.size)
+            out, out_r = source.center_pair(frame, self.size)
             self._keep_preview(item, frame, index, False)
-            item.timings["preprocess"] += time.perf_counter() - t0
+            item.timings[stage] += time.perf_counter() - t0
             return out, out_r
         if face is None:
             (face,) = self._find_faces([frame], [index], item)
         t1 = time.perf_counter()
         box = self.faces.crop_for(face, frame.shape[1], frame.shape[0])
         self._keep_preview(item, frame, index, box is not None)
-        if box is None:
-            out = frame_sampling.resize_square(frame, self.size)
-            out_r = out if recon is frame else frame_sampling.resize_square(recon, self.size)
-        else:
-            out = frame_sampling.resize_square(frame_sampling.crop(frame, box), self.size)
-            out_r = out if recon is frame else frame_sampling.resize_square(frame_sampling.crop(recon, box), self.size)
-        item.timings["preprocess"] += time.perf_counter() - t1
+        original, recon = source.full_pair(frame) if box is None else source.box_pair(frame, box)
+        t2 = time.perf_counter()
+        out = frame_sampling.resize_square(original, self.size)
+        out_r = out if recon is original else frame_sampling.resize_square(recon, self.size)
+        item.timings[stage] += t2 - t1
+        item.timings["preprocess"] += time.perf_counter() - t2
         return out, out_r
 
     def _keep_preview(self, item: PreparedFile, frame: np.ndarray, index: int, has_face: bool) -> None:
@@ -392,8 +396,9 @@ class Preprocessor:
             item.fps = reader.fps
             scan = reader.scan(lambda index: True, keep, limit)
             item.rotation = reader.rotation
-        # Time in the visitor (crops) is preprocessing; the remainder of the pass, less emit, is decoding.
-        item.timings["decode"] = time.perf_counter() - t0 - item.timings["preprocess"] - blocked
+        # Time in the visitor (reconstruction, crops) is not decoding; the remainder of the pass, less emit, is.
+        busy = item.timings["preprocess"] + item.timings.get("reconstruction", 0.0) + blocked
+        item.timings["decode"] = time.perf_counter() - t0 - busy
         count = scan.decoded
         item.frames_decoded = count
         if count == 0:

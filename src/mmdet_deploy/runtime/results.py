@@ -277,7 +277,7 @@ MANIFEST_NAME = "run.json"
 #: ``input`` too: rows are keyed on names relative to INPUT, so another INPUT's files would be mistaken for
 #: this one's.
 MANIFEST_KEYS = ("checkpoint_sha256", "head", "config", "precision", "preset", "threshold", "frames", "image_size",
-                 "max_windows", "face_detectors", "face_chain", "input")
+                 "max_windows", "face_detectors", "face_chain", "input", "recons")
 
 
 def check_manifest(out_dir: Path, settings: Mapping[str, object], resume: bool) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from mmdet_deploy.contract import PRESETS, ModelContract
 from mmdet_deploy.errors import EXIT_FAILURE, EXIT_OK, Interrupted, UsageError
+from mmdet_deploy.runtime import recons_vqvae
 from mmdet_deploy.runtime.backends.base import Backend, check_backend_name, create_backend
 from mmdet_deploy.runtime.decode import DECODERS
 from mmdet_deploy.runtime.discovery import MediaItem, check_out_not_input, discover
@@ -99,8 +100,9 @@ class RunConfig:
     the ``workers`` are processes instead of threads (decoding and face detection then scale past the GIL;
     see ``runtime.prepare_pool``). ``file_timeout`` (local engine): seconds one file's preparation may go
     without progress before it gets an ``error`` row (0: no limit). Names lists accept ``"a,b"`` or
-    ``("a", "b")``. Display flags
-    (``--quiet``, ``--verbose``) are the caller's business.
+    ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the caller's business. ``recons``: ``original``
+    or ``vqvae`` (reconstructions by ``vqvae_model`` from ``mmdet-export vqvae``; ``recons_jpeg`` None: the
+    reference's JPEG steps on; ``vqvae_providers``: its ONNX Runtime providers, default from ``device``).
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
     and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
 
@@ -152,15 +154,20 @@ class RunConfig:
     head: str | None = None
     precision: str | None = None
     cuda_graphs: bool = False
+    recons: str = "original"
+    vqvae_model: Path | None = None
+    recons_jpeg: bool | None = None
+    vqvae_providers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # Normalise (frozen: through object.__setattr__) so that equal settings compare equal.
-        for name in ("input_path", "model", "out", "yunet_model", "mediapipe_model", "trt_cache"):
+        for name in ("input_path", "model", "out", "yunet_model", "mediapipe_model", "trt_cache", "vqvae_model"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
         object.__setattr__(self, "face_detectors", _names(self.face_detectors))
         object.__setattr__(self, "providers", _names(self.providers))
+        object.__setattr__(self, "vqvae_providers", _names(self.vqvae_providers))
         if self.device is None:
             object.__setattr__(self, "device", "cuda" if self.backend == "tensorrt" else "cpu")
         self._validate()
@@ -198,6 +205,7 @@ class RunConfig:
                 raise UsageError(f"{', '.join(given)} only apply to --backend {backend}")
         if self.preset is not None:
             self.check_preset(self.preset)
+        recons_vqvae.check_recons_options(self.recons, self.vqvae_model, self.recons_jpeg, self.vqvae_providers)
         self._validate_engine()
 
     def _validate_engine(self) -> None:
@@ -252,11 +260,13 @@ def open_backend(config: RunConfig) -> Backend:
 
 
 def build_preprocessor(
-    config: RunConfig, contract: ModelContract, face_providers: Sequence[str] | None = None
+    config: RunConfig, contract: ModelContract, face_providers: Sequence[str] | None = None,
+    reconstruction: recons_vqvae.ReconstructionSource | None = None,
 ) -> Preprocessor:
     """The shared, thread-safe :class:`Preprocessor` of a run (preset from the config or the contract).
 
     ``face_providers``: ONNX Runtime execution providers of the BlazeFace detectors (None: CPU).
+    ``reconstruction``: the ``recons`` source (None: the config's, its VQ-VAE loaded and checked now).
     """
     preset = config.preset or contract.preset
     config.check_preset(preset)
@@ -266,7 +276,8 @@ def build_preprocessor(
                             "mediapipe_model": config.mediapipe_model, "chain": config.face_chain or "default",
                             "providers": face_providers}
     return Preprocessor(contract, preset, config.face_detectors, config.max_windows, decoder=config.decoder,
-                        preview_side=PREVIEW_SIDE if config.report else 0, **detector_options)
+                        preview_side=PREVIEW_SIDE if config.report else 0, **detector_options,
+                        reconstruction=reconstruction or recons_vqvae.open_run_recons(config, contract))
 
 
 def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Preprocessor,
@@ -287,6 +298,8 @@ def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Prepr
         "backend": dict(backend) if isinstance(backend, Mapping) else backend.describe(),
         "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
         "save_crops": config.save_crops, "engine": config.engine,
+        "recons": recons_vqvae.recons_settings(preprocessor.reconstruction),
+        "recons_source": preprocessor.reconstruction.describe(),
     }
 
 

@@ -108,15 +108,16 @@ class RayStats(PipelineStats):
 def absolute_paths(config: RunConfig) -> RunConfig:
     """``config`` with every path absolute: workers do not share the driver's working directory."""
     changes = {name: Path(os.path.abspath(value)) for name in ("input_path", "model", "out", "yunet_model",
-                                                              "mediapipe_model", "trt_cache")
+                                                              "mediapipe_model", "trt_cache", "vqvae_model")
                if (value := getattr(config, name)) is not None}
     return dataclasses.replace(config, **changes)
 
 
 def artefact_paths(config: RunConfig) -> list[Path]:
-    """Files every node must hold: the model, its engine sidecar (``FILE.engine.json``) and detector models."""
+    """Files every node must hold: the model, its engine sidecar (``FILE.engine.json``), detector models and
+    the VQ-VAE of ``--recons vqvae``."""
     paths = [config.model, config.model.with_name(config.model.name + ".json")]
-    paths += [p for p in (config.yunet_model, config.mediapipe_model) if p is not None]
+    paths += [p for p in (config.yunet_model, config.mediapipe_model, config.vqvae_model) if p is not None]
     return [p for p in paths if p.is_file()]
 
 
