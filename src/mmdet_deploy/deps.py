@@ -30,6 +30,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "PIL": ("pillow", "base"),
     "matplotlib": ("matplotlib", "bench"),
     "psutil": ("psutil", "bench"),
+    "openvino": ("openvino==2026.4.1", "openvino"),
+    "nncf": ("nncf==3.4.0", "openvino"),
 }
 
 
