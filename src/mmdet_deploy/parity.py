@@ -15,6 +15,7 @@ import numpy as np
 TOLERANCES: Mapping[str, tuple[float, float]] = {
     "fp32": (1e-4, 1e-5),  # ONNX fp32 vs PyTorch fp32 (ViT-B class, measured ~3e-6)
     "fp16": (5e-2, 1e-2),  # mixed precision with norms/softmax in fp32
+    "bf16": (5e-2, 1e-2),  # bf16 arithmetic (OpenVINO / autocast); 8 mantissa bits instead of fp16's 11
     "int8": (float("inf"), float("inf")),  # judged by decision agreement, not by logit error
 }
 
@@ -51,12 +52,14 @@ class ParityStats:
     max_abs_prob: float
     mean_abs_prob: float
     agreement: float  # share of clips with the same decision (argmax / threshold 0.5)
+    nonfinite: int = 0  # clips with a NaN or infinite logit in either array: never within any tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def within(self, atol_logit: float, atol_prob: float = float("inf"), min_agreement: float = 0.0) -> bool:
-        return self.max_abs <= atol_logit and self.max_abs_prob <= atol_prob and self.agreement >= min_agreement
+        return (self.nonfinite == 0 and self.max_abs <= atol_logit and self.max_abs_prob <= atol_prob
+                and self.agreement >= min_agreement)
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityStats:
@@ -65,6 +68,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityStats:
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
         raise ValueError(f"shape mismatch: reference {ref.shape} vs candidate {cand.shape}")
+    nonfinite = int((~np.isfinite(ref).all(axis=-1) | ~np.isfinite(cand).all(axis=-1)).sum()) if ref.ndim else 0
     diff = np.abs(ref - cand)
     rel = diff / np.maximum(np.abs(ref), 1e-6)
     p_ref, p_cand = softmax_fake(ref), softmax_fake(cand)
@@ -79,4 +83,5 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityStats:
         max_abs_prob=float(dprob.max(initial=0.0)),
         mean_abs_prob=float(dprob.mean()) if dprob.size else 0.0,
         agreement=agree,
+        nonfinite=nonfinite,
     )
