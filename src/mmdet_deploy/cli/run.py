@@ -18,7 +18,8 @@ from mmdet_deploy.runtime.run import default_workers
 
 app = typer.Typer(
     name="mmdet-run",
-    help="Score images and videos with an exported MM-Det model (ONNX Runtime or TensorRT), no PyTorch needed.",
+    help="Score images and videos with an exported MM-Det model (ONNX Runtime, OpenVINO or TensorRT), no PyTorch "
+    "needed.",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -39,6 +40,9 @@ HELP = {
     "providers": "onnxruntime execution providers in priority order, e.g. tensorrt,cuda,cpu.",
     "save_crops": "Also write the 224x224 model inputs as crops/<filename>/<frame>.png.",
     "report": "Also write report.html, a self-contained review page (keeps small JPEG thumbnails in thumbs/).",
+    "precision": "openvino: fp32 (default, pinned) or bf16 (float parts; a Q/DQ INT8 model stays INT8).",
+    "ov_cache": "openvino: folder of compiled models, rebuilt when the model or OpenVINO changes.",
+    "ov_requests": "openvino: infer requests in flight per batch (0: OpenVINO's optimum for the hint).",
 }
 
 
@@ -49,7 +53,7 @@ def run(
     model: Path = typer.Option(..., "--model", help=HELP["model"]),
     out: Path = typer.Option(..., "--out", help=HELP["out"]),
     preset: str | None = typer.Option(None, help=HELP["preset"]),
-    backend: str = typer.Option("onnxruntime", help="onnxruntime or tensorrt."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime, openvino (CPU) or tensorrt."),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N. Default: cpu (cuda for tensorrt)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Clips per inference call, mixed across files."),
     workers: int = typer.Option(default_workers(), min=1, help=HELP["workers"]),
@@ -64,12 +68,16 @@ def run(
     error_label: int | None = typer.Option(None, "--error-label", min=0, max=1, help=HELP["error_label"]),
     threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help=HELP["threshold"]),
     providers: str | None = typer.Option(None, "--providers", help=HELP["providers"]),
-    threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime intra-op threads (0: one per core)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime / openvino threads (0: one per core)."),
     trt_fp16: bool = typer.Option(False, "--trt-fp16", help="onnxruntime TensorRT provider: allow FP16."),
     trt_cache: Path | None = typer.Option(None, "--trt-cache", help="onnxruntime TensorRT provider: engine cache."),
     decoder: str = typer.Option("auto", help="Video decoder: auto (PyAV when installed), pyav or opencv."),
     save_crops: bool = typer.Option(False, "--save-crops", help=HELP["save_crops"]),
     report: bool = typer.Option(False, "--report", help=HELP["report"]),
+    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"]),
+    ov_cache: Path | None = typer.Option(None, "--ov-cache", help=HELP["ov_cache"]),
+    ov_hint: str | None = typer.Option(None, "--ov-hint", help="openvino: latency (default) or throughput."),
+    ov_requests: int | None = typer.Option(None, "--ov-requests", min=0, help=HELP["ov_requests"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs."),
 ) -> None:
     """Score every image and video of INPUT; write results.csv and predictions.csv into --out."""
@@ -82,7 +90,8 @@ def run(
         workers=workers, resume=resume, overwrite=overwrite, max_windows=max_windows, face_detectors=face_detectors,
         yunet_model=yunet_model, mediapipe_model=mediapipe_model, detect_size=detect_size, error_label=error_label,
         threshold=threshold, providers=providers, threads=threads, trt_fp16=trt_fp16, trt_cache=trt_cache,
-        decoder=decoder, save_crops=save_crops, report=report,
+        decoder=decoder, save_crops=save_crops, report=report, precision=precision, ov_cache=ov_cache,
+        ov_hint=ov_hint, ov_requests=ov_requests,
     )
     summary = run_folder(config, progress=RunProgress(enabled=not quiet))
     if not quiet and summary.results_path is not None:

@@ -38,8 +38,18 @@ from mmdet_deploy.runtime.sink import ResultsSink
 
 logger = logging.getLogger(__name__)
 
-#: Options of the onnxruntime backend alone (flag name for error messages -> RunConfig field).
-ORT_ONLY = {"--providers": "providers", "--threads": "threads", "--trt-fp16": "trt_fp16", "--trt-cache": "trt_cache"}
+#: Options that only some backends take: RunConfig field -> (flag, {backend: its constructor option}).
+#: A flag given for another backend is refused, never ignored. A new backend adds its column here.
+BACKEND_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
+    "providers": ("--providers", {"onnxruntime": "providers"}),
+    "threads": ("--threads", {"onnxruntime": "intra_op_threads", "openvino": "threads"}),
+    "trt_fp16": ("--trt-fp16", {"onnxruntime": "trt_fp16"}),
+    "trt_cache": ("--trt-cache", {"onnxruntime": "trt_engine_cache"}),
+    "precision": ("--precision", {"openvino": "precision"}),
+    "ov_cache": ("--ov-cache", {"openvino": "cache_dir"}),
+    "ov_hint": ("--ov-hint", {"openvino": "hint"}),
+    "ov_requests": ("--ov-requests", {"openvino": "requests"}),
+}
 #: Options of the faces preset alone.
 FACES_ONLY = {"--face-detectors": "face_detectors", "--yunet-model": "yunet_model",
               "--mediapipe-model": "mediapipe_model"}
@@ -67,8 +77,10 @@ class RunConfig:
     carrying its contract (a TensorRT engine with ``backend="tensorrt"``). ``out``: the output folder.
     ``preset`` and ``threshold`` None take the model's contract; ``device`` None is ``cpu`` (``cuda`` for
     tensorrt). ``batch_size`` is clips per inference call, ``workers`` preprocessing threads,
-    ``detect_size`` the longer side in pixels of the frame copy face detectors see. ``providers``,
-    ``threads``, ``trt_fp16`` and ``trt_cache`` apply to the onnxruntime backend only; ``face_detectors``,
+    ``detect_size`` the longer side in pixels of the frame copy face detectors see. Backend options
+    (:data:`BACKEND_FLAGS`): ``providers``, ``trt_fp16`` and ``trt_cache`` for onnxruntime; ``threads``
+    for onnxruntime and openvino; ``precision`` (fp32 | bf16), ``ov_cache`` (a folder of compiled models),
+    ``ov_hint`` (latency | throughput) and ``ov_requests`` (requests in flight) for openvino. ``face_detectors``,
     ``yunet_model`` and ``mediapipe_model`` to the faces preset only. Names lists accept
     ``"a,b"`` or ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the caller's business.
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
@@ -99,10 +111,14 @@ class RunConfig:
     decoder: str = "auto"
     save_crops: bool = False
     report: bool = False
+    precision: str | None = None
+    ov_cache: Path | None = None
+    ov_hint: str | None = None
+    ov_requests: int | None = None
 
     def __post_init__(self) -> None:
         # Normalise (frozen: through object.__setattr__) so that equal settings compare equal.
-        for name in ("input_path", "model", "out", "yunet_model", "mediapipe_model", "trt_cache"):
+        for name in ("input_path", "model", "out", "yunet_model", "mediapipe_model", "trt_cache", "ov_cache"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -130,10 +146,11 @@ class RunConfig:
             raise UsageError(f"--threshold must lie in [0, 1], got {self.threshold}")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; choose one")
-        if self.backend != "onnxruntime":
-            given = [flag for flag, name in ORT_ONLY.items() if getattr(self, name)]
-            if given:
-                raise UsageError(f"{', '.join(given)} only apply to --backend onnxruntime")
+        wrong = [f"{flag} only apply to --backend {' or '.join(owners)}"
+                 for name, (flag, owners) in BACKEND_FLAGS.items()
+                 if getattr(self, name) not in (None, False, 0) and self.backend not in owners]
+        if wrong:
+            raise UsageError("; ".join(wrong))
         if self.preset is not None:
             self.check_preset(self.preset)
 
@@ -150,11 +167,13 @@ class RunConfig:
         ResultsSink.check(self.out, resume=self.resume, overwrite=self.overwrite)
 
     def backend_options(self) -> dict[str, Any]:
-        """Keyword options of the backend's constructor."""
-        if self.backend != "onnxruntime":
-            return {}
-        return {"providers": list(self.providers) if self.providers else None, "intra_op_threads": self.threads,
-                "trt_fp16": self.trt_fp16, "trt_engine_cache": self.trt_cache}
+        """Keyword options of the backend's constructor (unset openvino options keep the backend's defaults)."""
+        options: dict[str, Any] = {}
+        for name, (_, owners) in BACKEND_FLAGS.items():
+            value = getattr(self, name)
+            if self.backend in owners and (value is not None or self.backend == "onnxruntime"):
+                options[owners[self.backend]] = list(value) if isinstance(value, tuple) else value
+        return options
 
 
 @runtime_checkable
