@@ -132,6 +132,9 @@ def test_perf_count_summary() -> None:
     assert categorise_layer("FullyConnected", "brgemm_avx512_amx_bf16") == "float GEMM/conv"
     assert categorise_layer("ScaledDotProductAttention", "ref_any_bf16") == "attention (MatMul, SDPA)"
     assert categorise_layer("Subgraph", "jit_avx512_f32") == "elementwise (fused Subgraph, Eltwise)"
+    assert categorise_layer("Subgraph", "", "node_MatMul_12,node_Softmax_13,node_transpose_1") == (
+        "attention (MatMul, SDPA)")
+    assert categorise_layer("FullyConnectedQuantizedLegacy", "") == "int8 GEMM/conv"
     assert categorise_layer("FakeQuantize", "jit_avx512_f32") == "Q/DQ (FakeQuantize)"
     layers = [
         {"node": "c1", "type": "Convolution", "exec_type": "brgconv_avx512_amx_I8", "real_ms": 6.0},
@@ -141,7 +144,7 @@ def test_perf_count_summary() -> None:
     ]
     summary = summarise_layers(layers)
     assert summary["total_ms"] == pytest.approx(10.0) and summary["int8_gemm_share"] == pytest.approx(0.75)
-    assert summary["categories"]["layout (Reorder/Transpose)"]["share"] == pytest.approx(0.1)
+    assert summary["categories"]["layout, precision (Reorder, Transpose, Convert)"]["share"] == pytest.approx(0.1)
     assert summary["kernels"][0] == {"type": "Convolution", "exec_type": "brgconv_avx512_amx_I8", "ms": 6.0,
                                      "share": 0.6, "nodes": 1}
     table = format_profiles({"ov-int8@cpu": summary})

@@ -133,7 +133,7 @@ def run_interleaved(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Run ``rows`` interleaved in this process; records as :func:`~.matrix.run_matrix` returns them."""
     make = factory or _default_factory
-    clips = np.load(inputs, mmap_mode="r")
+    clips = np.load(inputs)  # in memory, writable (torch warns on read-only arrays); a few clips only
     need = max(max(settings.batch_sizes), settings.fidelity_clips)
     if clips.shape[0] < need:
         raise ValueError(f"{inputs}: {clips.shape[0]} clips, the matrix needs {need}")  # a bug in the caller

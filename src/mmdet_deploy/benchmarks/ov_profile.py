@@ -5,8 +5,10 @@ for every executed node of the graph it really runs (after its fusions: ``Subgra
 chain, ``FullyConnected`` a MatMul with a constant weight, ``ScaledDotProductAttention`` a fused attention),
 its layer type, the kernel it chose (``exec_type``, e.g. ``brgconv_avx512_amx_I8``: AMX int8) and its wall
 time. :func:`summarise_layers` sums those per category and per (layer type, kernel), so that an fp32, a bf16
-and an INT8 compilation of the same model can be compared line by line. Counters add a little overhead per
-node; compare shares, and time with :mod:`benchmarks.timing`.
+and an INT8 compilation of the same model can be compared line by line. A ``Subgraph`` that fused a Softmax
+or a MatMul (OpenVINO's snippets tokenise q.k^T -> softmax -> attn.v into one) counts as attention; the ONNX
+nodes each executed node fused come from the runtime model. Counters add a little overhead per node; compare
+shares, and time with :mod:`benchmarks.timing`.
 """
 
 from __future__ import annotations
@@ -18,18 +20,20 @@ from typing import Any
 
 #: Kernel names that compute in int8 (``..._I8``, ``..._i8``, ``..._u8``).
 _INT8 = re.compile(r"(^|_)[iu]8($|_)", re.IGNORECASE)
-GEMM_TYPES = frozenset({"Convolution", "GroupConvolution", "FullyConnected", "Deconvolution", "Gemm"})
+GEMM_TYPES = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "Gemm"})
 ATTENTION_TYPES = frozenset({"MatMul", "ScaledDotProductAttention"})
 NORM_TYPES = frozenset({"MVN", "NormalizeL2", "GroupNormalization", "RMS", "LayerNorm", "BatchNormInference"})
 ELEMENTWISE_TYPES = frozenset({
     "Subgraph", "Eltwise", "Add", "Subtract", "Multiply", "Divide", "Erf", "Gelu", "Relu", "Power", "Sqrt",
-    "Exp", "Clamp", "Sigmoid", "Tanh", "Maximum", "Minimum",
+    "Exp", "Clamp", "Sigmoid", "Tanh", "Maximum", "Minimum", "MulAdd", "PowerStatic",
 })
+_ATTENTION_ORIGINS = re.compile(r"softmax|matmul|scaled_dot_product", re.IGNORECASE)
 
 #: Category names in report order.
 CATEGORIES = (
     "int8 GEMM/conv", "float GEMM/conv", "attention (MatMul, SDPA)", "softmax", "normalisation",
-    "Q/DQ (FakeQuantize)", "layout (Reorder/Transpose)", "elementwise (fused Subgraph, Eltwise)", "other",
+    "Q/DQ (FakeQuantize)", "layout, precision (Reorder, Transpose, Convert)", "elementwise (fused Subgraph, Eltwise)",
+    "other",
 )
 
 
@@ -38,11 +42,12 @@ def is_int8_kernel(exec_type: str) -> bool:
     return bool(_INT8.search(exec_type))
 
 
-def categorise_layer(layer_type: str, exec_type: str) -> str:
-    """The category of one executed node (see :data:`CATEGORIES`)."""
-    if layer_type in GEMM_TYPES:
-        return "int8 GEMM/conv" if is_int8_kernel(exec_type) else "float GEMM/conv"
-    if layer_type in ATTENTION_TYPES:
+def categorise_layer(layer_type: str, exec_type: str, original: str = "") -> str:
+    """The category of one executed node (see :data:`CATEGORIES`); ``original``: the ONNX nodes it fused."""
+    if layer_type in GEMM_TYPES or layer_type.startswith("FullyConnected"):
+        int8 = is_int8_kernel(exec_type) or "Quantized" in layer_type
+        return "int8 GEMM/conv" if int8 else "float GEMM/conv"
+    if layer_type in ATTENTION_TYPES or (layer_type == "Subgraph" and _ATTENTION_ORIGINS.search(original)):
         return "attention (MatMul, SDPA)"
     if layer_type == "Softmax":
         return "softmax"
@@ -50,8 +55,8 @@ def categorise_layer(layer_type: str, exec_type: str) -> str:
         return "normalisation"
     if layer_type == "FakeQuantize":
         return "Q/DQ (FakeQuantize)"
-    if layer_type in ("Reorder", "Transpose"):
-        return "layout (Reorder/Transpose)"
+    if layer_type in ("Reorder", "Transpose", "Convert"):
+        return "layout, precision (Reorder, Transpose, Convert)"
     if layer_type in ELEMENTWISE_TYPES:
         return "elementwise (fused Subgraph, Eltwise)"
     return "other"
@@ -68,7 +73,7 @@ def summarise_layers(layers: Iterable[Mapping[str, Any]], top: int = 12) -> dict
     nodes: Counter[tuple[str, str]] = Counter()
     for layer in layers:
         ms = float(layer["real_ms"])
-        by_cat[categorise_layer(layer["type"], layer["exec_type"])] += ms
+        by_cat[categorise_layer(layer["type"], layer["exec_type"], layer.get("original", ""))] += ms
         key = (str(layer["type"]), str(layer["exec_type"]))
         by_kernel[key] += ms
         nodes[key] += 1

@@ -317,7 +317,8 @@ class OpenVinoBackend(Backend):
         """Per-layer counters summed over ``runs`` calls after one warm-up (needs ``profile=True``).
 
         One dict per executed node: ``node``, ``type`` (OpenVINO layer type), ``exec_type`` (kernel, e.g.
-        ``brgemm_avx512_amx_I8``) and ``real_ms`` (wall milliseconds per run).
+        ``brgemm_avx512_amx_I8``), ``original`` (the ONNX nodes fused into it, comma-separated, from the
+        runtime model) and ``real_ms`` (wall milliseconds per run).
         """
         if not self.options["profile"]:
             raise UsageError("profiling needs the backend created with profile=True (PERF_COUNT)")
@@ -329,7 +330,13 @@ class OpenVinoBackend(Backend):
                 if str(info.status).endswith("EXECUTED"):
                     key = (info.node_name, info.node_type, info.exec_type)
                     totals[key] = totals.get(key, 0.0) + info.real_time.total_seconds() * 1e3
-        return [{"node": k[0], "type": k[1], "exec_type": k[2], "real_ms": v / runs} for k, v in totals.items()]
+        fused = {}
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "originalLayersNames" in rt:
+                fused[op.get_friendly_name()] = rt["originalLayersNames"].astype(str)
+        return [{"node": k[0], "type": k[1], "exec_type": k[2], "original": fused.get(k[0], ""), "real_ms": v / runs}
+                for k, v in totals.items()]
 
     def _close(self) -> None:
         self._queue = None
