@@ -3,6 +3,7 @@ end-to-end row, and the PERF_COUNT summary."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,23 @@ def test_perf_count_summary() -> None:
                                      "share": 0.6, "nodes": 1}
     table = format_profiles({"ov-int8@cpu": summary})
     assert table[0].startswith("| category | ov-int8@cpu") and table[-1] == "| int8 share of GEMM/conv time | 75 % |"
+
+
+def test_openvino_tuning_runs_every_hint_and_batch(tmp_path: Path) -> None:
+    """The tuning tool on the synthetic model: model level for both hints, pipeline level on the samples."""
+    pytest.importorskip("openvino")
+    from mmdet_deploy.benchmarks import ov_tuning
+    from runtime_fixtures import build_synthetic_model
+
+    model = build_synthetic_model(tmp_path / "m.onnx")
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    out = tmp_path / "tuning.json"
+    assert ov_tuning.main(["--model", str(model), "--precision", "fp32", "--batch-sizes", "1,2", "--min-reps", "1",
+                           "--budget-s", "0", "--media", str(samples), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    cells = {(c["hint"], c["batch"]): c for c in result["model_level"]}
+    assert set(cells) == {(h, b) for h in ("latency", "throughput") for b in (1, 2)}
+    assert all(c["ms_per_clip"] > 0 and c["reps"] >= 2 for c in cells.values())  # one per round, 2 rounds
+    assert cells[("latency", 1)]["requests"] == 1
+    runs = {(r["hint"], r["batch"]): r for r in result["pipeline"]}
+    assert set(runs) == set(cells) and all(r["files"] == 3 and r["files_per_s"] > 0 for r in runs.values())
