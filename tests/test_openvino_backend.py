@@ -81,12 +81,12 @@ def test_throughput_requests_in_flight_give_the_same_outputs(tiny_onnx: Path) ->
 @pytest.fixture(scope="module")
 def int8_models(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny model quantised by ONNX Runtime's quantiser and by NNCF, from one synthetic calibration set."""
-    onnx = pytest.importorskip("onnx")
-    from mmdet_deploy.calibration.quantize import quantize_onnx, read_contract
+    pytest.importorskip("onnx")
+    from mmdet_deploy.calibration.quantize import quantize_onnx
     from test_calibration_support import synthetic_set
 
     folder = tmp_path_factory.mktemp("int8")
-    contract = read_contract(onnx.load(str(tiny_onnx), load_external_data=False), str(tiny_onnx))
+    contract = ModelContract.from_onnx(tiny_onnx)
     synthetic_set(folder / "calib", contract)
     return {engine: quantize_onnx(tiny_onnx, folder / "calib", folder / f"tiny.{engine}.onnx", engine=engine).path
             for engine in ("ort", "nncf")}

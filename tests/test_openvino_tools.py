@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mmdet_deploy.calibration.gate import compare, enforce
+from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.errors import ParityError, UsageError
 from mmdet_deploy.parity import compare_logits
 from mmdet_deploy.runtime.results import load_results
@@ -108,12 +109,9 @@ def tiny_features(tiny_onnx_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def calib(tiny_features: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import onnx
-
-    from mmdet_deploy.calibration.quantize import read_contract
     from test_calibration_support import synthetic_set
 
-    contract = read_contract(onnx.load(str(tiny_features), load_external_data=False), "tiny")
+    contract = ModelContract.from_onnx(tiny_features)
     out = tmp_path_factory.mktemp("calib") / "set"
     synthetic_set(out, contract)
     return out
@@ -123,7 +121,6 @@ def test_quantize_engine_nncf_with_the_gate_on_openvino(tiny_features: Path, cal
     import onnx
 
     from mmdet_deploy.calibration.nncf_quantize import sensitive_violations, telemetry_disabled
-    from mmdet_deploy.calibration.quantize import read_contract
     from mmdet_deploy.cli.export import app
 
     out = tmp_path / "tiny.nncf.onnx"
@@ -137,7 +134,7 @@ def test_quantize_engine_nncf_with_the_gate_on_openvino(tiny_features: Path, cal
     assert quant["engine"] == "nncf" and quant["graph"]["quantised"]["MatMul"] > 0
     model = onnx.load(str(out))
     assert sensitive_violations(model) == []
-    info = read_contract(model, "nncf").extra["int8"]
+    info = ModelContract.from_onnx(model, "nncf").extra["int8"]
     assert info["engine"] == "nncf" and info["preset"] == "mixed" and info["model_type"] == "transformer"
     assert telemetry_disabled()
     code, output = _invoke(app, "quantize", "--onnx", tiny_features, "--calib", calib, "--out", tmp_path / "x.onnx",

@@ -44,7 +44,7 @@ class E2ESettings:
 
 def _p50_per_clip(record: dict[str, Any]) -> float | None:
     """p50 ms per clip at the smallest batch size the row measured (None when it measured none)."""
-    cells = [(int(b), c) for b, c in (record.get("batches") or {}).items() if c.get("status") == "ok"]
+    cells = [(int(b), c) for b, c in (record.get("batches") or {}).items() if is_ok(c)]
     return min(cells)[1]["p50_ms_per_clip"] if cells else None
 
 
@@ -54,7 +54,7 @@ def fastest_row(records: Sequence[dict[str, Any]], device: str) -> dict[str, Any
     candidates = []
     for rec in records:
         fid = rec.get("fidelity") or {}
-        p50 = _p50_per_clip(rec) if rec["status"] == "ok" and rec.get("device") == device else None
+        p50 = _p50_per_clip(rec) if is_ok(rec) and rec.get("device") == device else None
         if p50 is not None and fid.get("decision_agreement") == 1.0 and not fid.get("nonfinite"):
             candidates.append((p50, rec["key"], rec))
     return min(candidates)[2] if candidates else None

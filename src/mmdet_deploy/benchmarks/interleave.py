@@ -22,10 +22,12 @@ import numpy as np
 
 from mmdet_deploy.benchmarks.artefacts import ArtefactStore
 from mmdet_deploy.benchmarks.capabilities import REFERENCE, Capability, Environment, availability
-from mmdet_deploy.benchmarks.matrix import MatrixSettings, _record, backend_options, fidelity, first_line
+from mmdet_deploy.benchmarks.matrix import MatrixSettings, _record, backend_options, fidelity
 from mmdet_deploy.benchmarks.memory import current_rss_mb, max_rss_mb
+from mmdet_deploy.benchmarks.status import failed, is_ok, not_applicable, ok
 from mmdet_deploy.benchmarks.timing import TimingPolicy, TimingResult, measure
 from mmdet_deploy.benchmarks.worker import BackendFactory, _default_factory, _fidelity_outputs, _jsonable
+from mmdet_deploy.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ def _open_rows(rows: Sequence[Capability], env: Environment, store: ArtefactStor
         rec.update(artefact_path=str(artefact.path) if artefact.path else None, artefact_size_mb=artefact.size_mb,
                    build_s=artefact.build_s, build_cached=artefact.cached)
         if artefact.error or artefact.path is None:
-            rec["status"] = f"failed: building {row.artefact}: {first_line(artefact.error or 'no file')}"
+            rec["status"] = failed(f"building {row.artefact}: {one_line(artefact.error or 'no file')}")
             progress(f"{row.key}: {rec['status']}")
             continue
         rss, t0 = current_rss_mb(), time.perf_counter()
@@ -59,7 +61,7 @@ def _open_rows(rows: Sequence[Capability], env: Environment, store: ArtefactStor
             backend = make(row.backend, str(artefact.path), row.device, **backend_options(row, settings))
             backend.open()
         except Exception as exc:  # a backend that cannot open fails its row only
-            rec["status"] = f"failed: {type(exc).__name__}: {first_line(str(exc))}"
+            rec["status"] = failed(f"{type(exc).__name__}: {one_line(exc)}")
             progress(f"{row.key}: {rec['status']}")
             continue
         rec["load_s"] = time.perf_counter() - t0
@@ -80,11 +82,10 @@ def _time_rows(live: list[Any], clips: np.ndarray, settings: MatrixSettings, rou
         for r in range(rounds):
             policy = round_policy(settings.policy, rounds, r == 0)
             for rec, _, backend in live:
-                cell = rec["batches"].get(str(bs), {})
-                if cell.get("status", "ok") != "ok":
+                if str(bs) in rec["batches"]:  # failed or not applicable in an earlier round
                     continue
                 if backend.max_batch is not None and bs > backend.max_batch:
-                    rec["batches"][str(bs)] = {"status": f"n/a: artefact max batch {backend.max_batch}"}
+                    rec["batches"][str(bs)] = {"status": not_applicable(f"artefact max batch {backend.max_batch}")}
                     continue
                 feed = {n: np.ascontiguousarray(clips[:bs]) for n in backend.contract.input_names}
 
@@ -95,17 +96,17 @@ def _time_rows(live: list[Any], clips: np.ndarray, settings: MatrixSettings, rou
                 try:
                     timing = measure(call, policy)
                 except Exception as exc:  # e.g. out of memory at a large batch: keep the other cells
-                    rec["batches"][str(bs)] = {"status": f"failed: {type(exc).__name__}: {first_line(str(exc))}"}
+                    rec["batches"][str(bs)] = {"status": failed(f"{type(exc).__name__}: {one_line(exc)}")}
                     last[id(rec)].pop(bs, None)
                     continue
                 samples[id(rec)].extend(timing.samples_ns)
                 warm[id(rec)].extend(timing.warmup_ns)
             progress(f"batch {bs}: round {r + 1}/{rounds} done")
         for rec, _, _ in live:
-            if rec["batches"].get(str(bs), {}).get("status", "ok") != "ok" or not samples[id(rec)]:
+            if str(bs) in rec["batches"] or not samples[id(rec)]:
                 continue
             summary = TimingResult(tuple(samples[id(rec)]), tuple(warm[id(rec)])).summary()
-            summary.update(status="ok", rounds=rounds, p50_ms_per_clip=summary["p50_ms"] / bs,
+            summary.update(status=ok(), rounds=rounds, p50_ms_per_clip=summary["p50_ms"] / bs,
                            p95_ms_per_clip=summary["p95_ms"] / bs, clips_per_s=bs / (summary["p50_ms"] / 1e3))
             rec["batches"][str(bs)] = summary
     return last
@@ -122,7 +123,7 @@ def _profile(rec: dict[str, Any], row: Capability, make: BackendFactory, setting
         feed = {n: np.ascontiguousarray(clips[:1]) for n in backend.contract.input_names}
         rec["profile"] = {"runs": runs, "batch": 1, **summarise_layers(backend.profile(feed, runs=runs))}
     except Exception as exc:  # profiling is extra evidence: its failure is reported, not fatal
-        rec["profile"] = {"status": f"failed: {type(exc).__name__}: {first_line(str(exc))}"}
+        rec["profile"] = {"status": failed(f"{type(exc).__name__}: {one_line(exc)}")}
     finally:
         backend.close()
 
@@ -145,19 +146,19 @@ def run_interleaved(
             ran = last[id(rec)]
             if not ran:
                 failures = [c["status"] for c in rec["batches"].values()]
-                rec["status"] = failures[0] if failures else "failed: no batch size could run"
+                rec["status"] = failures[0] if failures else failed("no batch size could run")
                 continue
             outputs[rec["key"]] = _fidelity_outputs(backend, clips, backend.contract.input_names,
                                                     settings.fidelity_clips, ran)
             rec["describe"] = _jsonable(backend.describe())
-            rec["status"] = "ok"
+            rec["status"] = ok()
     finally:
         for _, _, backend in live:
             backend.close()
     peak = max_rss_mb()
     for rec, row, _ in live:
         rec["memory"]["process_peak_rss_mb"] = peak
-        if settings.profile_runs and row.backend == "openvino" and rec["status"] == "ok":
+        if settings.profile_runs and row.backend == "openvino" and is_ok(rec):
             progress(f"{row.key}: PERF_COUNT profile over {settings.profile_runs} runs")
             _profile(rec, row, make, settings, clips, settings.profile_runs)
     ref_key = REFERENCE.get(settings.device)

@@ -66,7 +66,7 @@ def model_level(models: Sequence[Path], precision: str, threads: int, batch_size
 def pipeline_level(model: Path, precision: str, threads: int, batch_sizes: Sequence[int], media: Path,
                    workers: int, work: Path) -> list[dict[str, Any]]:
     """``mmdet-run``'s pipeline over ``media`` for each hint and batch size (after one warm-up call each)."""
-    from mmdet_deploy.runtime.media import discover
+    from mmdet_deploy.runtime.discovery import discover
     from mmdet_deploy.runtime.pipeline import run_inference
     from mmdet_deploy.runtime.preprocess import Preprocessor
     from mmdet_deploy.runtime.results import ResultsWriter
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.clips is not None:
         clips = np.load(args.clips)
     else:
-        from mmdet_deploy.benchmarks.media import sample_clips
+        from mmdet_deploy.benchmarks.synthetic_media import sample_clips
 
         clips = sample_clips(max(sizes))
     policy = TimingPolicy(warmup=1, min_reps=args.min_reps, time_budget_s=args.budget_s)

@@ -172,9 +172,9 @@ def _peaks(device: str, threads: int, env: Environment) -> dict[str, Any]:
 def _notes(s: BenchSettings, policy: TimingPolicy, fidelity_clips: int) -> list[str]:
     inputs = (
         f"Inputs: the {fidelity_clips} held-out clips (split by file) of a calibration set sampled with the runtime's "
-        f"preprocessing from {s.calibration_files} generated 720p files (benchmarks/media.py); the INT8 artefacts "
-        "are calibrated on its calibration split" if s.calibration == "media" else
-        "Inputs: deterministic synthetic face clips (benchmarks/media.py)"
+        f"preprocessing from {s.calibration_files} generated 720p files (benchmarks/synthetic_media.py); the INT8 "
+        "artefacts are calibrated on its calibration split" if s.calibration == "media" else
+        "Inputs: deterministic synthetic face clips (benchmarks/synthetic_media.py)"
     )
     return [
         f"Timing: {policy.warmup} warm-up call(s) excluded, then calls until >= {policy.min_reps} samples and "

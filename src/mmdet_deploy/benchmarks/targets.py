@@ -125,7 +125,7 @@ def openvino_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] |
     """Issue 14: OpenVINO fp32 parity, bf16 speed within its tolerance, the fastest INT8 path, end to end."""
     out = []
     fp32 = _fid(records, "ov-fp32@cpu")
-    value = fp32.get("max_abs_dlogit") if _by_key(records).get("ov-fp32@cpu", {}).get("status") == "ok" else None
+    value = fp32.get("max_abs_dlogit") if is_ok(_by_key(records).get("ov-fp32@cpu")) else None
     out.append(_target("OpenVINO fp32: max |d logit| vs PyTorch fp32", 1e-4, "max", value,
                        _row_status(records, "ov-fp32@cpu"), f"{fp32.get('clips')} clips" if fp32 else "",
                        (not fp32.get("nonfinite"), "non-finite outputs")))
