@@ -301,9 +301,13 @@ class OpenVinoBackend(Backend):
         bounds = np.linspace(0, batch, min(jobs, batch) + 1).astype(int)
         chunks = [{n: a[lo:hi] for n, a in inputs.items()} for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         results: list[dict[str, np.ndarray] | None] = [None] * len(chunks)
+        outputs = list(self._outputs)
 
+        # The callback must not reference the backend: queue -> callback -> backend -> queue would be a cycle,
+        # and the garbage collector may then destroy the queue on one of its own threads, which aborts the
+        # process ("Resource deadlock avoided"; seen with OpenVINO 2026.4.1).
         def done(request: Any, index: int) -> None:
-            results[index] = {name: np.array(request.get_tensor(port).data) for port, name in self._outputs}
+            results[index] = {name: np.array(request.get_tensor(port).data) for port, name in outputs}
 
         self._queue.set_callback(done)
         for index, chunk in enumerate(chunks):
