@@ -20,7 +20,7 @@ from mmdet_deploy.errors import UsageError
 from mmdet_deploy.runtime.backends.base import BACKENDS
 
 EVERYTHING = Environment(
-    modules=frozenset({"torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "triton"}),
+    modules=frozenset({"torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "triton", "openvino", "nncf"}),
     cuda_devices=1,
     ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
     cxx=True,
@@ -53,7 +53,8 @@ def test_the_issue_rows_exist() -> None:
     keys = {r.key for r in CAPABILITIES}
     for key in ("torch-eager-fp32@cpu", "torch-eager-fp32@cuda", "torch-fp16-graphs@cuda", "torch-bf16-graphs@cuda",
                 "torch-compile-fp32@cpu", "ort-fp32@cpu", "ort-int8@cpu", "ort-cuda-fp32@cuda", "ort-trt-fp16@cuda",
-                "trt-fp32@cuda", "trt-fp16@cuda", "trt-int8@cuda"):  # fmt: skip
+                "trt-fp32@cuda", "trt-fp16@cuda", "trt-int8@cuda", "ov-fp32@cpu", "ov-bf16@cpu", "ov-int8@cpu",
+                "ov-int8-nncf@cpu"):  # fmt: skip
         assert key in keys
 
 
@@ -73,6 +74,10 @@ def test_unavailable_rows_say_why() -> None:
     # the artefact's own needs count: no exporter, no ONNX rows
     no_export = Environment(frozenset({"torch", "onnxruntime"}))
     assert availability(_row("ort-int8@cpu"), no_export, "cpu").status == "unavailable: onnx not installed"
+    assert availability(_row("ov-fp32@cpu"), CPU_ONLY, "cpu").status == "unavailable: openvino not installed"
+    with_ov = Environment(CPU_ONLY.modules | {"openvino"}, 0, CPU_ONLY.ort_providers, True)
+    assert availability(_row("ov-int8@cpu"), with_ov, "cpu").runnable  # the ORT quantiser's file
+    assert availability(_row("ov-int8-nncf@cpu"), with_ov, "cpu").status == "unavailable: nncf not installed"
 
 
 def test_skips_other_device_and_flags() -> None:

@@ -69,7 +69,11 @@ def test_report_rows_carry_every_figure(report: dict) -> None:
 
 def test_targets_in_report(report: dict) -> None:
     targets = {t["target"]: t for t in report["targets"]}
-    assert len(targets) == 5
+    assert len(targets) == 9  # issue 5's five, issue 14's four (OpenVINO)
+    ov = report["targets"][5:]
+    assert [t["status"] for t in ov[:2]] == [
+        "n/a: ov-fp32@cpu not in this run (--rows)", "n/a: ov-bf16@cpu not in this run (--rows)"]
+    assert ov[2]["status"].startswith("not met") and "ort-int8@cpu" in ov[2]["detail"]  # beside ort-fp32
     ort = next(t for name, t in targets.items() if name.startswith("CPU: ONNX Runtime fp32"))
     assert ort["status"] in ("met", "not met") and ort["value"] > 0
     gpu = next(t for name, t in targets.items() if name.startswith("GPU:"))

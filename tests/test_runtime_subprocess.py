@@ -67,7 +67,7 @@ def test_killed_run_resumes_without_duplicates(tmp_path: Path) -> None:
 
 def test_runtime_works_with_torch_unimportable(tmp_path: Path) -> None:
     blocker = tmp_path / "blocker"
-    for name in ("torch", "tensorrt", "onnx"):
+    for name in ("torch", "tensorrt", "onnx", "openvino", "nncf"):
         (blocker / name).mkdir(parents=True)
         (blocker / name / "__init__.py").write_text(
             f"raise ImportError('{name} is blocked: the lean runtime must not need it')\n", encoding="utf-8"
@@ -96,7 +96,7 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt", "onnx"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "tensorrt", "onnx", "openvino", "nncf"))
 print(json.dumps({{"code": code, "heavy": heavy}}))
 """
     proc = subprocess.run([sys.executable, "-c", script], env=_env(blocker), capture_output=True, text=True,

@@ -31,6 +31,8 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "bench"),
     "psutil": ("psutil", "bench"),
     "ray": ("ray[data]", "ray"),
+    "openvino": ("openvino==2026.4.1", "openvino"),
+    "nncf": ("nncf==3.4.0", "openvino"),
 }
 
 

@@ -72,6 +72,10 @@ class BuildContext:
     calibration_clips: Callable[[], np.ndarray]
     device: str = "cpu"
     max_batch: int = 4
+    #: A calibration set sampled from media: the INT8 builders use its calibration split instead of
+    #: ``calibration_clips``. ``calibration_tag`` names the data; a cached INT8 file made from other data is rebuilt.
+    calibration_set: Path | None = None
+    calibration_tag: str = "synthetic"
 
 
 #: A builder writes ``dst`` from the ``src`` artefact's path.
@@ -80,7 +84,8 @@ Builder = Callable[[BuildContext, Path, Path], None]
 
 #: Subpackages whose code decides what a built artefact contains.
 _BUILDER_PACKAGES = ("model", "export", "calibration")
-_BUILDER_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "tensorrt")
+_BUILDER_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+                      "nncf")
 
 
 @functools.lru_cache(maxsize=1)
@@ -121,16 +126,16 @@ def build_onnx_fp16(ctx: BuildContext, src: Path, dst: Path) -> None:
     convert_fp16(src, dst)
 
 
-def build_onnx_int8(ctx: BuildContext, src: Path, dst: Path) -> None:
-    """Static INT8 Q/DQ (linear layers and convolutions) calibrated on the benchmark's synthetic face clips.
+def _calibration_for(ctx: BuildContext, src: Path, dst: Path) -> Path:
+    """The calibration set INT8 builders quantise with: the context's own (sampled from media), or the
+    benchmark's synthetic face clips written next to ``dst`` (``*.calibration/``) in the calibration-set format.
 
-    The calibration set is written next to ``dst`` (``*.calibration/``) in the project's calibration-set
-    format, then :func:`mmdet_deploy.calibration.quantize.quantize_onnx` quantises ``src``. Synthetic
-    clips are enough to measure speed; accuracy claims need a calibration set sampled from real media.
+    Synthetic clips are enough to measure speed; accuracy claims need a calibration set from media.
     """
+    if ctx.calibration_set is not None:
+        return ctx.calibration_set
     require("onnx", "INT8 quantisation")
     from mmdet_deploy.calibration.dataset import CalibrationClip, write_calibration_set
-    from mmdet_deploy.calibration.quantize import quantize_onnx
 
     contract = ModelContract.from_onnx(src)
     clips = ctx.calibration_clips()
@@ -144,7 +149,22 @@ def build_onnx_int8(ctx: BuildContext, src: Path, dst: Path) -> None:
     write_calibration_set(
         calib_dir, entries, contract=contract, seed=0, holdout=0.0, min_clips=1, provenance=provenance, overwrite=True
     )
-    quantize_onnx(src, calib_dir, dst)
+    return calib_dir
+
+
+def build_onnx_int8(ctx: BuildContext, src: Path, dst: Path) -> None:
+    """Static INT8 Q/DQ (linear layers and convolutions) by ONNX Runtime's quantiser (ModelOpt when installed),
+    :func:`mmdet_deploy.calibration.quantize.quantize_onnx`, on :func:`_calibration_for`'s set."""
+    from mmdet_deploy.calibration.quantize import quantize_onnx
+
+    quantize_onnx(src, _calibration_for(ctx, src, dst), dst)
+
+
+def build_onnx_int8_nncf(ctx: BuildContext, src: Path, dst: Path) -> None:
+    """INT8 Q/DQ by NNCF (``--engine nncf``: TRANSFORMER, MIXED, sensitive ops float) on the same calibration set."""
+    from mmdet_deploy.calibration.quantize import quantize_onnx
+
+    quantize_onnx(src, _calibration_for(ctx, src, dst), dst, engine="nncf")
 
 
 def build_engine(ctx: BuildContext, src: Path, dst: Path) -> None:
@@ -169,6 +189,7 @@ BUILDERS: dict[str, Builder] = {
     "onnx-fp32": build_onnx_fp32,
     "onnx-fp16": build_onnx_fp16,
     "onnx-int8": build_onnx_int8,
+    "onnx-int8-nncf": build_onnx_int8_nncf,
     "engine-fp32": build_engine,
     "engine-fp16": build_engine,
     "engine-int8": build_engine,
@@ -191,6 +212,10 @@ class ArtefactStore:
             self._tag = f"{self.ctx.config}-{self.ctx.head}-{self._sha256(self.ctx.weights)[:12]}"
         family, _, precision = kind.partition("-")
         return self.ctx.cache_dir / f"{self._tag}-{precision}{SUFFIX[family]}"
+
+    def _calibration(self, kind: str) -> str | None:
+        """What an INT8 artefact was calibrated on (None for the other kinds)."""
+        return self.ctx.calibration_tag if kind.startswith("onnx-int8") else None
 
     def get(self, kind: str) -> Artefact:
         """The artefact of ``kind``, building it (and its sources) first if needed."""
@@ -217,7 +242,8 @@ class ArtefactStore:
         sidecar = dst.with_name(dst.name + ".build.json")
         if dst.is_file() and sidecar.is_file():
             meta = json.loads(sidecar.read_text())
-            if meta.get("source_sha256") == self._sha256(source.path) and meta.get("builder") == builder_fingerprint():
+            if (meta.get("source_sha256") == self._sha256(source.path) and meta.get("builder") == builder_fingerprint()
+                    and meta.get("calibration") == self._calibration(kind)):
                 log.info("reusing %s (%s)", dst, kind)
                 return Artefact(kind, dst, build_s=meta.get("build_s"), cached=True)
             log.info("rebuilding %s: its source or the building code changed since it was built", dst)
@@ -233,5 +259,5 @@ class ArtefactStore:
             return Artefact(kind, None, error=f"{type(exc).__name__}: {exc}")
         build_s = time.perf_counter() - t0
         sidecar.write_text(json.dumps({"kind": kind, "build_s": build_s, "source_sha256": self._sha256(source.path),
-                                       "builder": builder_fingerprint()}))
+                                       "builder": builder_fingerprint(), "calibration": self._calibration(kind)}))
         return Artefact(kind, dst, build_s=build_s)

@@ -27,7 +27,8 @@ from mmdet_deploy.errors import UsageError
 
 #: Artefact kinds a row runs from.
 ARTEFACT_KINDS = (
-    "checkpoint", "onnx-fp32", "onnx-fp16", "onnx-int8", "engine-fp32", "engine-fp16", "engine-int8",
+    "checkpoint", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int8-nncf", "engine-fp32", "engine-fp16",
+    "engine-int8",
 )
 
 #: What building each artefact kind needs (beyond the checkpoint), and which artefact it is built from.
@@ -36,6 +37,7 @@ ARTEFACT_NEEDS: dict[str, tuple[str, ...]] = {
     "onnx-fp32": ("module:torch", "module:onnx", "module:onnxscript"),
     "onnx-fp16": ("module:onnx",),
     "onnx-int8": ("module:onnx", "module:onnxruntime"),
+    "onnx-int8-nncf": ("module:onnx", "module:onnxruntime", "module:nncf"),
     "engine-fp32": ("module:tensorrt", "cuda"),
     "engine-fp16": ("module:tensorrt", "cuda"),
     "engine-int8": ("module:tensorrt", "cuda"),
@@ -45,6 +47,7 @@ ARTEFACT_SOURCE: dict[str, str | None] = {
     "onnx-fp32": "checkpoint",
     "onnx-fp16": "onnx-fp32",
     "onnx-int8": "onnx-fp32",
+    "onnx-int8-nncf": "onnx-fp32",
     "engine-fp32": "onnx-fp32",
     "engine-fp16": "onnx-fp16",
     "engine-int8": "onnx-int8",
@@ -96,6 +99,15 @@ CAPABILITIES: tuple[Capability, ...] = (
                needs=("module:onnxruntime",), options={"providers": _CPU}),
     Capability("ort-int8", "ONNX Runtime CPU INT8 (QDQ MatMul/Conv)", "onnxruntime", "int8", "cpu", "onnx-int8",
                needs=("module:onnxruntime",), options={"providers": _CPU}),
+    # OpenVINO reads the same ONNX files; the INT8 rows run their float parts in bf16 (the fastest INT8 path).
+    Capability("ov-fp32", "OpenVINO CPU fp32 (f32 pinned)", "openvino", "fp32", "cpu", "onnx-fp32",
+               needs=("module:openvino",), options={"precision": "fp32"}),
+    Capability("ov-bf16", "OpenVINO CPU bf16", "openvino", "bf16", "cpu", "onnx-fp32",
+               needs=("module:openvino",), options={"precision": "bf16"}),
+    Capability("ov-int8", "OpenVINO CPU INT8 (ORT Q/DQ file, bf16 elsewhere)", "openvino", "int8", "cpu",
+               "onnx-int8", needs=("module:openvino",), options={"precision": "bf16"}),
+    Capability("ov-int8-nncf", "OpenVINO CPU INT8 (NNCF Q/DQ file, bf16 elsewhere)", "openvino", "int8", "cpu",
+               "onnx-int8-nncf", needs=("module:openvino",), options={"precision": "bf16"}),
     Capability("torch-eager-fp32", "PyTorch eager fp32", "torch", "fp32", "cuda", "checkpoint",
                needs=("cuda",)),
     Capability("torch-fp16-graphs", "PyTorch fp16 + SDPA + CUDA graphs", "torch", "fp16", "cuda", "checkpoint",
@@ -155,7 +167,8 @@ class Environment:
 
 
 #: Modules whose presence the probe records.
-PROBED_MODULES = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "triton", "psutil", "matplotlib")
+PROBED_MODULES = ("torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "triton", "psutil", "matplotlib",
+                  "openvino", "nncf")
 
 
 def probe_environment(flags: Iterable[str] = ()) -> Environment:

@@ -25,7 +25,8 @@ from mmdet_deploy.benchmarks.timing import TimingPolicy, measure
 
 log = logging.getLogger(__name__)
 
-#: Rows tried, in order, as the pipeline's backend when the user names none (the first that ran wins).
+#: Rows tried, in order, as the pipeline's backend when the user names none and no CPU row can be called the
+#: fastest (the first that ran wins). On CPU the fastest row that keeps the reference's decisions runs.
 E2E_PREFERENCE = {
     "cpu": ("ort-fp32@cpu", "torch-eager-fp32@cpu"),
     "cuda": ("trt-fp16@cuda", "ort-trt-fp16@cuda", "torch-fp16-graphs@cuda", "ort-cuda-fp32@cuda",
@@ -41,12 +42,33 @@ class E2ESettings:
     workers: int = 2
 
 
+def _p50_per_clip(record: dict[str, Any]) -> float | None:
+    """p50 ms per clip at the smallest batch size the row measured (None when it measured none)."""
+    cells = [(int(b), c) for b, c in (record.get("batches") or {}).items() if is_ok(c)]
+    return min(cells)[1]["p50_ms_per_clip"] if cells else None
+
+
+def fastest_row(records: Sequence[dict[str, Any]], device: str) -> dict[str, Any] | None:
+    """The fastest row of ``device`` (p50 per clip at its smallest batch) whose decisions all agree with the
+    reference's and whose outputs are finite (rows without fidelity figures do not qualify)."""
+    candidates = []
+    for rec in records:
+        fid = rec.get("fidelity") or {}
+        p50 = _p50_per_clip(rec) if is_ok(rec) and rec.get("device") == device else None
+        if p50 is not None and fid.get("decision_agreement") == 1.0 and not fid.get("nonfinite"):
+            candidates.append((p50, rec["key"], rec))
+    return min(candidates)[2] if candidates else None
+
+
 def choose_row(records: Sequence[dict[str, Any]], device: str, wanted: str | None = None) -> dict[str, Any] | None:
-    """The matrix record the pipeline runs on: ``wanted`` (name or key) if it ran, else the preferred one."""
+    """The matrix record the pipeline runs on: ``wanted`` (name or key) if it ran; else on CPU the fastest
+    faithful row (:func:`fastest_row`); else the first of :data:`E2E_PREFERENCE` that ran."""
     ok = {r["key"]: r for r in records if is_ok(r)}
     if wanted:
         key = wanted if "@" in wanted else f"{wanted}@{device}"
         return ok.get(key)
+    if device == "cpu" and (fast := fastest_row(records, device)) is not None:
+        return fast
     return next((ok[k] for k in E2E_PREFERENCE.get(device, ()) if k in ok), None)
 
 

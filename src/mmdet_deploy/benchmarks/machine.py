@@ -11,8 +11,10 @@ from typing import Any
 #: Distributions whose versions every report records (absent ones are reported as ``None``).
 VERSIONED = (
     "mmdet-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy",
-    "opencv-python-headless", "opencv-python", "av", "mediapipe", "dlib", "psutil", "matplotlib",
+    "opencv-python-headless", "opencv-python", "av", "mediapipe", "dlib", "psutil", "matplotlib", "openvino", "nncf",
 )
+#: CPU features that decide which int8 / bf16 kernels a CPU backend can use (from /proc/cpuinfo).
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu_model() -> str:
@@ -34,6 +36,16 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`CPU_FEATURES` this CPU has (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return []
+    flags = next((ln.partition(":")[2].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    return [f for f in CPU_FEATURES if f in flags]
 
 
 def gpu_info() -> list[dict[str, Any]]:
@@ -79,6 +91,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "threads": threads,
         "gpus": gpu_info(),
         "versions": versions(),
+        "cpu_features": cpu_features(),
     }
     try:
         import psutil

@@ -36,7 +36,9 @@ class MatrixSettings:
     ``batch_sizes``: clips per call. ``threads``: intra-op threads of every backend (None: library
     default). ``fidelity_clips``: clips compared with the reference. ``isolate``: one worker process per
     row. ``row_timeout_s``: a worker running longer fails its row (seconds). ``threshold``: decision
-    threshold on p(fake) for decision agreement.
+    threshold on p(fake) for decision agreement. ``interleave``: every row in this process, timed in
+    ``rounds`` alternating rounds (:mod:`.interleave`; ``isolate`` is then ignored); ``profile_runs`` > 0
+    adds OpenVINO's per-layer counters of each OpenVINO row.
     """
 
     device: str = "cpu"
@@ -49,6 +51,9 @@ class MatrixSettings:
     isolate: bool = True
     row_timeout_s: float = 3600.0
     threshold: float = 0.5
+    interleave: bool = False
+    rounds: int = 3
+    profile_runs: int = 0
 
 
 def backend_options(row: Capability, settings: MatrixSettings) -> dict[str, Any]:
@@ -60,6 +65,8 @@ def backend_options(row: Capability, settings: MatrixSettings) -> dict[str, Any]
         options["providers"] = list(options.get("providers", ()))
         if settings.threads:
             options["intra_op_threads"] = settings.threads
+    if row.backend == "openvino" and settings.threads:
+        options["threads"] = settings.threads
     return options
 
 
@@ -89,8 +96,10 @@ def fidelity(reference: dict[str, Any], outputs: dict[str, Any], threshold: floa
     ref_logits, logits = np.asarray(reference["logits"]), np.asarray(outputs["logits"])
     ref_prob, prob = np.asarray(reference["prob_fake"]), np.asarray(outputs["prob_fake"])
     n = min(len(ref_prob), len(prob))
+    finite = np.isfinite(logits[:n]).all(axis=1) & np.isfinite(prob[:n])
     return {
         "clips": n,
+        "nonfinite": int(n - finite.sum()),
         "max_abs_dlogit": float(np.max(np.abs(ref_logits[:n] - logits[:n]))),
         "max_abs_dprob": float(np.max(np.abs(ref_prob[:n] - prob[:n]))),
         "decision_agreement": float(np.mean((ref_prob[:n] >= threshold) == (prob[:n] >= threshold))),
@@ -128,6 +137,10 @@ def run_matrix(
     ``inputs``: ``.npy`` clips shared by all rows. ``work``: folder for worker jobs and logs.
     ``factory`` replaces :func:`create_backend` (only with ``isolate=False``; tests use fake backends).
     """
+    if settings.interleave:
+        from mmdet_deploy.benchmarks.interleave import run_interleaved
+
+        return run_interleaved(rows, env, store, inputs, settings, factory, progress)
     if factory is not None and settings.isolate:
         raise ValueError("a custom backend factory needs isolate=False")  # programming error
     work.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,8 @@ def target_rows(targets: Sequence[dict[str, Any]]) -> list[list[Any]]:
         if value is not None and t["unit"] == "ratio":
             measured = f"{100 * value:.1f} %"
         threshold = f">= {100 * t['threshold']:.0f} %" if t["unit"] == "ratio" else f">= {t['threshold']:g}x"
+        if t["unit"] == "max":
+            measured, threshold = ("-" if value is None else f"{value:.2g}"), f"<= {t['threshold']:g}"
         detail = f" ({t['detail']})" if t.get("detail") else ""
         rows.append([t["target"], measured + detail, threshold, t["status"]])
     return rows
@@ -109,6 +111,15 @@ def _shared_note(start_load: float | None, cores: int | None) -> str:
     return f" (load {start_load:.2f} at start on {cores} cores: other work shared the machine; timings are pessimistic)"
 
 
+def _calibration_line(calib: dict[str, Any]) -> list[str]:
+    if not calib.get("counts"):
+        return []
+    c = calib["counts"]
+    return [f"Inputs and fidelity: the {calib['fidelity_clips']} held-out clips of a calibration set sampled from "
+            f"generated media ({c.get('calibration')} calibration / {c.get('holdout')} held out by "
+            f"{calib.get('split_unit')}; INT8 calibrated on the former). Set {calib['fingerprint'][:16]}.", ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: machine, model, targets, model matrix, end-to-end and method notes."""
     m, model, method = report["machine"], report["model"], report["method"]
@@ -119,10 +130,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# mmdet-bench report",
         "",
         f"- Machine: {m['cpu']}, {m.get('physical_cores')} cores ({m['logical_cores']} logical), "
-        f"{m.get('ram_gib')} GiB RAM, GPU: {gpus}; {method['threads']} intra-op threads per backend",
+        f"{m.get('ram_gib')} GiB RAM, GPU: {gpus}; {method['threads']} intra-op threads per backend; CPU features: "
+        f"{', '.join(m.get('cpu_features') or []) or 'not reported'}",
         f"- Versions: python {v.get('python')}, torch {v.get('torch')}, onnxruntime "
-        f"{v.get('onnxruntime') or v.get('onnxruntime-gpu')}, tensorrt {v.get('tensorrt')}, "
-        f"mmdet-deploy {v.get('mmdet-deploy')}",
+        f"{v.get('onnxruntime') or v.get('onnxruntime-gpu')}, openvino {v.get('openvino')}, nncf {v.get('nncf')}, "
+        f"tensorrt {v.get('tensorrt')}, mmdet-deploy {v.get('mmdet-deploy')}",
         f"- Model: config `{model['config']}`, head `{model['head']}`, {model['flops_per_clip']:.3e} FLOPs per clip; "
         f"weights {model['weights']}{' (seeded demo weights)' if model['demo_weights'] else ''}",
         "- Measured peak (same run): "
@@ -136,6 +148,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Model matrix",
         "",
+        *_calibration_line(report.get("calibration") or {}),
         *markdown_table(MATRIX_COLUMNS, matrix_rows(report["rows"])),
         "",
         "## End-to-end",
@@ -154,8 +167,30 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     else:
         lines += [f"Not run: {e2e.get('status', 'disabled')}", ""]
+    lines += profile_section(report["rows"])
     lines += ["## Method", ""] + [f"- {note}" for note in method["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def profile_section(records: Sequence[dict[str, Any]]) -> list[str]:
+    """OpenVINO's per-layer counters of the profiled rows (``--profile``), by category and by kernel."""
+    from mmdet_deploy.benchmarks.ov_profile import format_kernels, format_profiles
+
+    profiles = {r["key"]: r["profile"] for r in records if (r.get("profile") or {}).get("categories")}
+    failed = [f"- {r['key']}: {r['profile']['status']}" for r in records if (r.get("profile") or {}).get("status")]
+    if not profiles and not failed:
+        return []
+    runs = next(iter(profiles.values()))["runs"] if profiles else 0
+    lines = ["## Where the time goes on OpenVINO (PERF_COUNT)", "",
+             f"Per-layer wall time from OpenVINO's own counters, batch 1, mean of {runs} runs after a warm-up, on a "
+             "second compilation with PERF_COUNT (after the timing). Counters add overhead per node: read the "
+             "shares. Kernels named `*_I8`/`*_i8`/`*_u8` compute in int8, `amx` ones on AMX tiles.", ""]
+    if profiles:
+        lines += format_profiles(profiles) + [""]
+        for key, prof in profiles.items():
+            if "int8" in key:
+                lines += format_kernels(key, prof) + [""]
+    return lines + failed + ([""] if failed else [])
 
 
 def render_png(report: dict[str, Any], path: Path) -> Path:

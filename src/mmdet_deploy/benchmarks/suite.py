@@ -41,6 +41,10 @@ class BenchSettings:
 
     ``time_budget_s``: timed seconds per (row, batch size) beyond the minimum repetitions.
     ``cache_dir``: where artefacts (demo weights, ONNX, INT8, engines) are built; default ``OUT/artefacts``.
+    ``interleave``: every row in one process, ``rounds`` alternating timing rounds; ``profile_runs``: OpenVINO
+    per-layer counters over that many runs. ``calibration``: ``synthetic`` (INT8 calibrated on synthetic clips,
+    fidelity on synthetic clips) or ``media`` (a calibration set sampled from ``calibration_files`` generated
+    720p files: INT8 calibrated on its calibration split, timing and fidelity on its held-out clips).
     """
 
     out: Path
@@ -66,6 +70,11 @@ class BenchSettings:
     workers: int = 2
     media: MediaSpec | None = None
     seed: int = 0
+    interleave: bool = False
+    rounds: int = 3
+    profile_runs: int = 0
+    calibration: str = "synthetic"
+    calibration_files: int = 24
 
 
 def _physical_cores() -> int:
@@ -102,8 +111,12 @@ def resolve(s: BenchSettings) -> BenchSettings:
     min_reps = defaults[1] if s.min_reps is None else s.min_reps
     budget = defaults[2] if s.time_budget_s is None else s.time_budget_s
     TimingPolicy(warmup, min_reps, budget)  # validates
-    if s.fidelity_clips < 1 or s.workers < 1:
-        raise UsageError("--fidelity-clips and --workers must be at least 1")
+    if s.fidelity_clips < 1 or s.workers < 1 or s.rounds < 1:
+        raise UsageError("--fidelity-clips, --workers and --rounds must be at least 1")
+    if s.calibration not in ("synthetic", "media"):
+        raise UsageError(f"--calibration {s.calibration!r}: choose synthetic or media")
+    if s.calibration_files < 10 or s.profile_runs < 0:
+        raise UsageError("--calibration-files must be at least 10 (5 held out by file) and --profile at least 0")
     media = s.media or (
         MediaSpec(videos=2, images=1, seconds=2.0) if s.quick
         # base: 8 files (~25 s of pipeline on 2 cores), so that filling and draining the pipeline (the first
@@ -156,15 +169,25 @@ def _peaks(device: str, threads: int, env: Environment) -> dict[str, Any]:
     return {f"{device}:{d}": measure_peak_tflops(device, d) for d in dtypes}
 
 
-def _notes(s: BenchSettings, policy: TimingPolicy) -> list[str]:
+def _notes(s: BenchSettings, policy: TimingPolicy, fidelity_clips: int) -> list[str]:
+    inputs = (
+        f"Inputs: the {fidelity_clips} held-out clips (split by file) of a calibration set sampled with the runtime's "
+        f"preprocessing from {s.calibration_files} generated 720p files (benchmarks/synthetic_media.py); the INT8 "
+        "artefacts are calibrated on its calibration split" if s.calibration == "media" else
+        "Inputs: deterministic synthetic face clips (benchmarks/synthetic_media.py)"
+    )
     return [
         f"Timing: {policy.warmup} warm-up call(s) excluded, then calls until >= {policy.min_reps} samples and "
         f">= {policy.time_budget_s} s timed (cap {policy.max_reps}); time.perf_counter_ns around each call, after a "
         "device synchronise on CUDA; p50/p95 by linear interpolation between closest ranks (NumPy 'linear').",
+        *([f"Interleaved: every row open in one process; {s.rounds} rounds per batch size, each row timed in turn "
+           f"with 1/{s.rounds} of the policy (warm-up in the first round only), samples pooled."]
+          if s.interleave else []),
         "Latency per clip = batch latency / batch size; clips/s = batch size / p50 batch latency.",
-        "Inputs: deterministic synthetic face clips (benchmarks/synthetic_media.py), original = recons as in the seed; "
-        f"fidelity on the first {s.fidelity_clips} clips against PyTorch eager fp32 on the same device; "
-        "decision = p(fake) >= 0.5.",
+        f"{inputs}; original = recons as in the seed; fidelity on the first {fidelity_clips} clips against PyTorch "
+        "eager fp32 on the same device; decision = p(fake) >= 0.5.",
+        "Memory: rows share one process; RSS delta = RSS growth when the row's backend opened; the process's "
+        "high-water mark is in report.json (memory.process_peak_rss_mb)." if s.interleave else
         "Memory: each row in a fresh worker process; peak RSS = VmHWM of that process (interpreter "
         "and libraries included), RSS delta = peak - RSS before the backend was created; GPU = largest increase "
         "of device-level used memory (cudaMemGetInfo) over the row." if s.isolate else
@@ -179,6 +202,39 @@ def _notes(s: BenchSettings, policy: TimingPolicy) -> list[str]:
         "End-to-end: both sides warmed up and timed in steady state on the same generated 720p files and weights; "
         "overlap efficiency = pipeline clips/s / model-only clips/s of the same row at the pipeline's batch size.",
     ]
+
+
+def _media_calibration(s: BenchSettings, progress: Callable[[str], None]) -> tuple[Any, np.ndarray]:
+    """Sample a calibration set from generated 720p media (faces preset, 20 % of files held out).
+
+    Sampling is deterministic, so a re-run writes the same set (same fingerprint: cached INT8 files stay valid).
+    Returns the set and its held-out clips (N, T, 3, H, W).
+    """
+    from mmdet_deploy.calibration.dataset import HOLDOUT
+    from mmdet_deploy.calibration.sampling import sample_calibration_set
+    from mmdet_deploy.contract import ModelContract
+
+    assert s.cache_dir is not None
+    videos = s.calibration_files // 2
+    spec = MediaSpec(videos=videos, images=s.calibration_files - videos, seconds=2.0, seed=s.seed + 7)
+    progress(f"calibration: generating {s.calibration_files} media files and sampling a calibration set")
+    folder = generate_media(scratch_dir(s.out / "media-calibration"), spec)[0].parent
+    calib = sample_calibration_set(
+        folder, s.cache_dir / f"calibration-media-{s.config}", contract=ModelContract(config=s.config, head=s.head),
+        preset="faces", clips=s.calibration_files, seed=s.seed, min_clips=10, holdout=0.2, overwrite=True,
+    )  # fmt: skip
+    held = [calib.load(e)["original"] for e in calib.split(HOLDOUT)]
+    if not held:
+        raise UsageError(f"{calib.root}: no held-out clip; use more --calibration-files")
+    return calib, np.stack(held)
+
+
+def _calibration_summary(calib: Any, fidelity_clips: int) -> dict[str, Any]:
+    if calib is None:
+        return {"source": "synthetic face clips", "fidelity_clips": fidelity_clips}
+    return {"source": "calibration set sampled from generated media", "root": str(calib.root),
+            "fingerprint": calib.fingerprint, "counts": calib.manifest["counts"], "fidelity_clips": fidelity_clips,
+            "split_unit": calib.manifest["split_unit"]}
 
 
 def run_benchmark(
@@ -205,19 +261,27 @@ def run_benchmark(
     env = probe_environment({"compile"} if s.compile else ())
     progress(f"machine: {s.threads} threads, CUDA devices: {env.cuda_devices}")
     weights, demo = _weights(s)
-    n_inputs = max(max(s.batch_sizes), s.fidelity_clips)
-    clips = sample_clips(n_inputs, seed=s.seed)
+    calib, fidelity_clips = None, s.fidelity_clips
+    if s.calibration == "media":
+        calib, clips = _media_calibration(s, progress)
+        fidelity_clips = len(clips)
+        clips = np.resize(clips, (max(len(clips), max(s.batch_sizes)), *clips.shape[1:]))  # cycled for big batches
+    else:
+        clips = sample_clips(max(max(s.batch_sizes), s.fidelity_clips), seed=s.seed)
     inputs = work / "inputs.npy"
     np.save(inputs, clips)
     progress("measuring the machine's peak with a large matmul")
     peaks = _peaks(s.device, s.threads, env)
     ctx = BuildContext(weights, s.config, s.head, s.cache_dir,
                        lambda: sample_clips(s.calibration_clips or 8, seed=s.seed + 1), s.device,
-                       max(s.batch_sizes))  # fmt: skip
+                       max(s.batch_sizes), calibration_set=calib.root if calib else None,
+                       calibration_tag=f"media:{calib.fingerprint}" if calib else
+                       f"synthetic:{s.calibration_clips}:seed{s.seed + 1}")  # fmt: skip
     store = ArtefactStore(ctx, builders)
     msettings = MatrixSettings(
         device=s.device, batch_sizes=s.batch_sizes, policy=policy, head=s.head, config=s.config, threads=s.threads,
-        fidelity_clips=s.fidelity_clips, isolate=s.isolate and factory is None,
+        fidelity_clips=fidelity_clips, isolate=s.isolate and factory is None, interleave=s.interleave,
+        rounds=s.rounds, profile_runs=s.profile_runs,
     )  # fmt: skip
     records = run_matrix(rows, env, store, inputs, msettings, work, factory, progress)
     flops = flops_per_clip(s.config, s.head)
@@ -237,13 +301,15 @@ def run_benchmark(
                   "flops_per_clip": flops},
         "settings": {"batch_sizes": list(s.batch_sizes), "device": s.device, "quick": s.quick,
                      "rows": list(s.rows) if s.rows else None, "compile": s.compile, "isolate": msettings.isolate,
-                     "cache_dir": str(s.cache_dir), "policy": as_dict(policy)},
-        "method": {"threads": s.threads, "notes": _notes(s, policy)},
+                     "interleave": s.interleave, "rounds": s.rounds, "profile_runs": s.profile_runs,
+                     "calibration": s.calibration, "cache_dir": str(s.cache_dir), "policy": as_dict(policy)},
+        "calibration": _calibration_summary(calib, fidelity_clips),
+        "method": {"threads": s.threads, "notes": _notes(s, policy, fidelity_clips)},
         "peaks": peaks,
         "artefacts": [a.as_dict() for a in store.built()],
         "rows": records,
         "e2e": e2e or {"status": E2E_DISABLED},
-        "targets": evaluate_targets(records, e2e),
+        "targets": evaluate_targets(records, e2e, s.calibration),
     }  # fmt: skip
     report["paths"] = {k: str(v) for k, v in write_report(report, s.out).items()}
     return report

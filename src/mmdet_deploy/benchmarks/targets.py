@@ -57,12 +57,19 @@ def speedup(records: Sequence[dict[str, Any]], fast: str, slow: str) -> dict[str
 
 
 def _target(
-    name: str, threshold: float, unit: str, value: float | None, why_na: str, detail: str = ""
+    name: str, threshold: float, unit: str, value: float | None, why_na: str, detail: str = "",
+    also: tuple[bool, str] = (True, ""),
 ) -> dict[str, Any]:
+    """One target. ``unit`` ``x`` and ``ratio``: met when value >= threshold; ``max``: met when value <= threshold.
+    ``also``: a further condition and what it means when it fails (e.g. a fidelity bound)."""
     if value is None:
         status = RowStatus(Status.NOT_APPLICABLE, why_na)
     else:
-        status = RowStatus(Status.MET if value >= threshold else Status.NOT_MET)
+        ok = value <= threshold if unit == "max" else value >= threshold
+        if ok and also[0]:
+            status = RowStatus(Status.MET)
+        else:
+            status = RowStatus(Status.NOT_MET, also[1] if ok else "")
     return {"target": name, "threshold": threshold, "unit": unit, "value": value, "status": status.text,
             "detail": detail}
 
@@ -78,8 +85,10 @@ def _row_status(records: Sequence[dict[str, Any]], *keys: str) -> str:
     return "rows share no batch size"
 
 
-def evaluate_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The issue's five targets with measured value, threshold and ``met`` / ``not met`` / ``n/a: why``."""
+def evaluate_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] | None,
+                     fidelity_inputs: str = "synthetic") -> list[dict[str, Any]]:
+    """The targets with measured value, threshold and ``met`` / ``not met`` / ``n/a: why``: issue 5's five,
+    then issue 14's OpenVINO four (:func:`openvino_targets`). ``fidelity_inputs``: ``synthetic`` or ``media``."""
     out = []
     pairs = (
         ("CPU: ONNX Runtime fp32 at least as fast as PyTorch eager fp32 per clip", 1.0,
@@ -104,4 +113,60 @@ def evaluate_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] |
             f"p50 per clip at batch {gpu['batch']}" if gpu else "",
         )
     )  # fmt: skip
+    return out + openvino_targets(records, e2e, fidelity_inputs)
+
+
+def _fid(records: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    return (_by_key(records).get(key) or {}).get("fidelity") or {}
+
+
+def openvino_targets(records: Sequence[dict[str, Any]], e2e: Mapping[str, Any] | None,
+                     fidelity_inputs: str) -> list[dict[str, Any]]:
+    """Issue 14: OpenVINO fp32 parity, bf16 speed within its tolerance, the fastest INT8 path, end to end."""
+    out = []
+    fp32 = _fid(records, "ov-fp32@cpu")
+    value = fp32.get("max_abs_dlogit") if is_ok(_by_key(records).get("ov-fp32@cpu")) else None
+    out.append(_target("OpenVINO fp32: max |d logit| vs PyTorch fp32", 1e-4, "max", value,
+                       _row_status(records, "ov-fp32@cpu"), f"{fp32.get('clips')} clips" if fp32 else "",
+                       (not fp32.get("nonfinite"), "non-finite outputs")))
+    bf16 = speedup(records, "ov-bf16@cpu", "ort-fp32@cpu")
+    fid = _fid(records, "ov-bf16@cpu")
+    within = bool(fid) and not fid.get("nonfinite") and fid["max_abs_dlogit"] <= 5e-2 and fid["max_abs_dprob"] <= 1e-2
+    detail = (f"p50 per clip at batch {bf16['batch']}; max |d logit| {fid['max_abs_dlogit']:.2g} (<= 5e-2), "
+              f"max |d p(fake)| {fid['max_abs_dprob']:.2g} (<= 1e-2)") if bf16 and fid else ""
+    out.append(_target("OpenVINO bf16 at least 1.8x ONNX Runtime fp32, within the bf16 tolerances", 1.8, "x",
+                       bf16["ratio"] if bf16 else None, _row_status(records, "ov-bf16@cpu", "ort-fp32@cpu"), detail,
+                       (within, "outside the bf16 tolerances")))
+    out.append(_fastest_int8(records, fidelity_inputs))
+    ratio = e2e.get("speedup_vs_seed") if e2e else None
+    overlap = (e2e or {}).get("overlap_efficiency")
+    row = ((e2e or {}).get("pipeline") or {}).get("row", "")
+    out.append(_target("End to end with the fastest CPU path at least 2.5x the seed-style loop, overlap >= 90 %",
+                       2.5, "x", ratio, (e2e or {}).get("status", "end-to-end not run (--no-e2e)"),
+                       f"{row}, overlap {100 * overlap:.1f} %" if overlap is not None else row,
+                       (overlap is not None and overlap >= 0.9, "overlap efficiency below 90 %")))
     return out
+
+
+def _fastest_int8(records: Sequence[dict[str, Any]], fidelity_inputs: str) -> dict[str, Any]:
+    """The fastest INT8 CPU row against ONNX Runtime fp32, with agreement 1.0 and max |d p(fake)| <= 0.01."""
+    name = ("Fastest INT8 path at least 3x ONNX Runtime fp32, agreement 1.0 and max |d p(fake)| <= 0.01 on "
+            "held-out clips from media")
+    best = None
+    for rec in records:
+        if rec.get("precision") == "int8" and rec.get("device") == "cpu":
+            s = speedup(records, rec["key"], "ort-fp32@cpu")
+            if s and (best is None or s["ratio"] > best[0]["ratio"]):
+                best = (s, rec)
+    if best is None:
+        return _target(name, 3.0, "x", None, "no INT8 CPU row and ort-fp32 ran side by side")
+    s, rec = best
+    fid = rec.get("fidelity") or {}
+    faithful = (fid.get("decision_agreement") == 1.0 and fid.get("max_abs_dprob", 1.0) <= 0.01
+                and not fid.get("nonfinite"))
+    detail = (f"{rec['key']} at batch {s['batch']}; agreement {fid.get('decision_agreement')}, max |d p(fake)| "
+              f"{fid.get('max_abs_dprob', float('nan')):.2g} on {fid.get('clips')} {fidelity_inputs} clips")
+    if fidelity_inputs != "media":
+        return _target(name, 3.0, "x", s["ratio"], "", detail, (False, "fidelity measured on synthetic clips; "
+                                                                  "run with --calibration media"))
+    return _target(name, 3.0, "x", s["ratio"], "", detail, (faithful, "fidelity outside the bound"))

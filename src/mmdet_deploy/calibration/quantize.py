@@ -7,8 +7,9 @@
 * Ranges come from the ``calibration`` split of a calibration set (:mod:`~mmdet_deploy.calibration.dataset`);
   ``minmax``, ``entropy`` or ``percentile``.
 * NVIDIA ModelOpt (``modelopt.onnx.quantization.quantize``) is used when importable and the engine is
-  ``auto`` or ``modelopt``; ONNX Runtime's ``quantize_static`` otherwise. Both write explicit Q/DQ, which
-  ONNX Runtime runs on CPU and TensorRT 10/11 builds as an explicitly quantised (strongly typed) network.
+  ``auto`` or ``modelopt``; ONNX Runtime's ``quantize_static`` otherwise; NNCF with ``--engine nncf``
+  (:mod:`mmdet_deploy.calibration.nncf_quantize`, for OpenVINO). All write explicit Q/DQ, which ONNX
+  Runtime and OpenVINO run on CPU and TensorRT 10/11 builds as an explicitly quantised (strongly typed) network.
 * The artefact keeps its contract, with ``precision`` set to ``int8`` and the quantisation recorded in
   ``extra["int8"]``.
 """
@@ -44,7 +45,7 @@ from mmdet_deploy.errors import ExportError, UsageError
 logger = logging.getLogger(__name__)
 
 METHODS = ("minmax", "entropy", "percentile")
-ENGINES = ("auto", "ort", "modelopt")
+ENGINES = ("auto", "ort", "modelopt", "nncf")
 #: Our method names -> ModelOpt's (ModelOpt has no percentile calibration for int8).
 _MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}
 
@@ -226,6 +227,9 @@ def choose_engine(engine: str, method: str) -> str:
         raise UsageError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     if engine == "modelopt" and method not in _MODELOPT_METHODS:
         raise UsageError(f"ModelOpt has no {method} calibration for int8; use --method minmax or entropy")
+    if engine == "nncf" and method != "minmax":
+        raise UsageError(f"--engine nncf calibrates with NNCF's own range estimators; --method {method} applies to "
+                         "the ort and modelopt engines (leave --method at minmax)")
     if engine == "auto":
         return "modelopt" if available("modelopt") and method in _MODELOPT_METHODS else "ort"
     return engine
@@ -266,9 +270,10 @@ def quantize_onnx(
         raise UsageError(f"{onnx_path}: precision is {contract.precision}; quantise the fp32 export")
     calib.check_compatible(contract, str(onnx_path))
     out.parent.mkdir(parents=True, exist_ok=True)
+    engine_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mmdet-int8-") as tmp:
         prepared = _prepare(model, Path(tmp))
-        nodes = None if "all" in tokens else select_nodes(onnx.load(str(prepared)), tokens)
+        nodes = None if "all" in tokens or resolved == "nncf" else select_nodes(onnx.load(str(prepared)), tokens)
         if nodes is not None and not nodes:
             raise ExportError(f"{onnx_path}: no node matches --ops {ops}; nothing to quantise")
         raw_out = Path(tmp) / "quantized.onnx"
@@ -277,20 +282,30 @@ def quantize_onnx(
         try:
             if resolved == "modelopt":
                 _quantize_modelopt(prepared, raw_out, calib, method, nodes)
+            elif resolved == "nncf":
+                from mmdet_deploy.calibration.nncf_quantize import quantize_nncf
+
+                engine_info = quantize_nncf(prepared, raw_out, calib, tokens)
             else:
                 _quantize_ort(prepared, raw_out, calib, method, nodes, conv_requant)
         except (ValueError, RuntimeError, KeyError) as exc:
             raise ExportError(f"{onnx_path}: {resolved} quantisation failed: {exc}") from exc
         qmodel = onnx.load(str(raw_out))
     repaired = 0
-    if nodes is not None:
+    if resolved == "nncf" and "all" not in tokens:
+        from mmdet_deploy.calibration.nncf_quantize import sensitive_violations
+
+        left = sensitive_violations(qmodel)
+        if left:
+            raise ExportError(f"{onnx_path}: NNCF put Q/DQ on ops that must stay float: {left[:5]}")
+    elif nodes is not None:
         repaired = enforce_float_consumers(qmodel, nodes)
         left = float_rule_violations(qmodel, nodes)
         if left:  # a bug in the repair, not a user error: keep the traceback
             raise RuntimeError(f"Q/DQ placement still breaks the float rule: {left[:5]}")
     info = {"method": method, "ops": ",".join(sorted(tokens)), "engine": resolved, "conv_requant": conv_requant,
             "calibration": str(calib.root), "calibration_fingerprint": calib.fingerprint,
-            "calibration_clips": n_calib, "source_model": onnx_path.name}
+            "calibration_clips": n_calib, "source_model": onnx_path.name, **engine_info}
     contract.replace(precision="int8", extra={**dict(contract.extra), "int8": info}).to_onnx(qmodel)
     onnx.save(qmodel, str(out))
     return QuantizeResult(

@@ -68,9 +68,18 @@ def bench(
     compile_: bool = typer.Option(False, "--compile", help="Add the torch.compile rows (slow to compile)."),
     fidelity_clips: int = typer.Option(4, help="Clips compared against PyTorch fp32."),
     isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Run each row in a fresh process."),
-    e2e_row: str = typer.Option(None, help="Matrix row the pipeline runs on; default ort-fp32 on CPU."),
+    e2e_row: str = typer.Option(None, help="Matrix row the pipeline runs on; default: the fastest CPU row that "
+                                "keeps PyTorch's decisions (on CUDA: TensorRT fp16, ...)."),
     e2e_batch: int = typer.Option(None, help="Pipeline batch size; default the smallest (CPU) / largest (GPU)."),
     workers: int = typer.Option(2, help="Preprocessing threads of the pipeline."),
+    interleave: bool = typer.Option(False, "--interleave/--no-interleave", help="Every row in this process, timed "
+                                    "in alternating rounds (ratios side by side); memory is then per process."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="--interleave: timing rounds per batch size."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="RUNS", help="--interleave: OpenVINO per-layer "
+                                "counters (PERF_COUNT) of each OpenVINO row over RUNS runs."),
+    calibration: str = typer.Option("synthetic", help="synthetic, or media: INT8 calibrated on, and timing and "
+                                    "fidelity measured on, a calibration set sampled from generated media."),
+    calibration_files: int = typer.Option(24, "--calibration-files", min=10, help="--calibration media: files."),
     list_rows: bool = typer.Option(False, "--list-rows", help="Print the capability table for this machine, exit."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -96,7 +105,8 @@ def bench(
         quick=quick, e2e=e2e, rows=tuple(r.strip() for r in rows.split(",")) if rows else None,
         time_budget_s=time_budget, min_reps=min_reps, warmup=warmup, cache_dir=cache_dir, threads=threads,
         compile=compile_, fidelity_clips=fidelity_clips, isolate=isolate, e2e_row=e2e_row, e2e_batch=e2e_batch,
-        workers=workers,
+        workers=workers, interleave=interleave, rounds=rounds, profile_runs=profile, calibration=calibration,
+        calibration_files=calibration_files,
     )  # fmt: skip
     report = run_benchmark(settings, progress=lambda msg: typer.echo(msg, err=True))
     typer.echo("\n".join(markdown_table(TARGET_COLUMNS, target_rows(report["targets"]))))

@@ -85,19 +85,23 @@ def quantize(
     method: str = typer.Option("minmax", help="Calibration: minmax, entropy or percentile."),
     ops: str = typer.Option("matmul,conv", help="What gets Q/DQ: matmul, conv, attention, or all "
                             "(all collapses ViTs; for tests of the gate)."),
-    engine: str = typer.Option("auto", help="auto (ModelOpt when installed, else ONNX Runtime), ort or modelopt."),
+    engine: str = typer.Option("auto", help="auto (ModelOpt when installed, else ONNX Runtime), ort, modelopt, or "
+                               "nncf (NNCF post-training quantisation, for OpenVINO)."),
     conv_requant: bool = typer.Option(True, "--conv-requant/--no-conv-requant", help="Also quantise Conv outputs "
                                       "that feed a norm/ReLU (ONNX Runtime CPU then runs QLinearConv)."),
     gate: bool = typer.Option(True, "--gate/--no-gate", help="Run the accuracy gate on the held-out clips."),
     min_agreement: float = typer.Option(DEFAULT_MIN_AGREEMENT, "--min-agreement", min=0.0, max=1.0,
                                         help="Gate: least fp32/INT8 decision agreement (exit 3 below it)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="Gate: ONNX Runtime intra-op threads (0: default)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="Gate: intra-op threads (0: the backend's default)."),
+    gate_backend: str = typer.Option("auto", "--gate-backend", help="Backend both models run on in the gate: "
+                                     "onnxruntime, openvino, or auto (openvino for --engine nncf when installed)."),
 ) -> None:
     """Quantise an fp32 ONNX to INT8 Q/DQ (ViT-safe) and check it against fp32 on held-out clips."""
     setup_logging()
     from mmdet_deploy.calibration.gate import enforce, report_path, run_gate, write_report
     from mmdet_deploy.calibration.quantize import quantize_onnx
 
+    gate_on = _gate_backend(gate_backend, engine)
     result = quantize_onnx(onnx, calib, out, method=method, ops=ops, engine=engine, conv_requant=conv_requant)
     g = result.graph
     typer.echo(
@@ -108,10 +112,12 @@ def quantize(
     if not gate:
         typer.echo("accuracy gate skipped (--no-gate): nothing says this model still gives fp32's answers")
         return
-    report = run_gate(onnx, result.path, calib, min_agreement=min_agreement, threads=threads or None)
+    report = run_gate(onnx, result.path, calib, min_agreement=min_agreement, threads=threads or None,
+                      backend=gate_on)
     path = write_report(report_path(result.path), report, {"quantize": result.to_dict()})
     typer.echo(
-        f"gate on {report.clips} held-out clips: agreement {report.agreement:.4f} (min {min_agreement}), "
+        f"gate on {report.clips} held-out clips ({report.backend}): agreement {report.agreement:.4f} "
+        f"(min {min_agreement}), "
         f"max |dp| {report.max_abs_dprob:.4g}, mean |dp| {report.mean_abs_dprob:.4g}, cosine "
         f"{report.cosine_mean:.5f} (min {report.cosine_min:.5f}) on {report.cosine_on}; report {path}"
     )
@@ -120,13 +126,26 @@ def quantize(
     enforce(report, path)
 
 
+def _gate_backend(choice: str, engine: str) -> str:
+    """``--gate-backend``: ``auto`` is OpenVINO for NNCF files (made for it) when installed, else ONNX Runtime."""
+    from mmdet_deploy.calibration.gate import GATE_BACKENDS
+    from mmdet_deploy.deps import available
+
+    if choice == "auto":
+        return "openvino" if engine == "nncf" and available("openvino") else "onnxruntime"
+    if choice not in GATE_BACKENDS:
+        raise UsageError(f"--gate-backend {choice!r}: choose auto, {', '.join(GATE_BACKENDS)}")
+    return choice
+
+
 @user_errors
 def threshold(
     data: Path = typer.Option(..., "--data", help="Folder of labelled images/videos."),
     labels: Path = typer.Option(..., "--labels", help="CSV with a header filename,label (0 real, 1 fake)."),
     model: Path = typer.Option(..., "--model", help="Artefact to score with and to store the threshold in: "
                                ".onnx, a TensorRT engine, or a checkpoint (torch backend; nothing stored)."),
-    backend: str | None = typer.Option(None, help="onnxruntime, tensorrt or torch. Default: from the suffix."),
+    backend: str | None = typer.Option(None, help="onnxruntime, openvino, tensorrt or torch. Default: from the "
+                                       "suffix (.onnx: onnxruntime)."),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N. Default: cuda for tensorrt, else cpu."),
     target_fpr: float = typer.Option(0.05, "--target-fpr", min=0.0, max=1.0,
                                      help="Largest share of real files called fake at the chosen threshold."),

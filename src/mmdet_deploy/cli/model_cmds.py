@@ -36,7 +36,9 @@ def onnx(
     config: str = typer.Option("base", help="Model configuration: base | tiny."),
     opset: int = typer.Option(18, help="ONNX opset (>= 17; the dynamo exporter emits 18 at least)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxslim on the graph."),
-    check: bool = typer.Option(True, "--check/--no-check", help="Prove parity vs PyTorch on ONNX Runtime CPU."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Prove parity vs PyTorch on CPU backends."),
+    check_backend: str = typer.Option("onnxruntime", "--check-backend", help="Backends the parity check runs "
+                                      "on, comma-separated: onnxruntime, openvino (f32), openvino-bf16."),
     precision: str = typer.Option("fp32", help="fp32, or fp16 (mixed precision, the input TensorRT 11 needs)."),
     preset: str = typer.Option("faces", help="Preprocessing the checkpoint was trained with: faces | frames."),
     samples: Path | None = typer.Option(None, help="Folder of real images/videos added to the parity inputs."),
@@ -49,11 +51,14 @@ def onnx(
     """Export a checkpoint to ONNX with its contract, a TensorRT report and a parity report."""
     setup_logging(verbose=verbose)
     from mmdet_deploy.export import export_onnx, format_report
+    from mmdet_deploy.export.parity_check import parse_check_backends
 
+    backends = parse_check_backends(check_backend) if check else ["onnxruntime"]
     result = export_onnx(
         weights, out, head=head, config=config, opset=opset, simplify=simplify, check=check, precision=precision,
         preset=preset, samples=samples, with_features=with_features, exporter=exporter, parity_clips=parity_clips,
         recons=recons,
+        check_backends=backends,
     )
     typer.echo(
         f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, {result.node_count} nodes, exporter "
@@ -63,12 +68,13 @@ def onnx(
         typer.echo(f"  note: {note}")
     typer.echo(format_report(result.trt_report) + f"\n  report: {result.trt_report_path}")
     if result.parity is not None:
-        o = result.parity["overall"]
-        typer.echo(
-            f"parity vs PyTorch fp32 over {o['n']} clips: max |d logit| {o['max_abs']:.3g} "
-            f"(tolerance {result.parity['tolerance']['max_abs_logit']:.3g}), cosine {o['cosine']:.8f}, "
-            f"agreement {o['agreement']:.3f}: {'PASSED' if result.parity['passed'] else 'FAILED'}"
-            f"\n  report: {result.parity_path}"
-        )
+        for name, check_result in result.parity["backends"].items():
+            o = check_result["overall"]
+            typer.echo(
+                f"parity on {name} vs PyTorch fp32 over {o['n']} clips: max |d logit| {o['max_abs']:.3g} "
+                f"(tolerance {check_result['tolerance']['max_abs_logit']:.3g}), cosine {o['cosine']:.8f}, "
+                f"agreement {o['agreement']:.3f}: {'PASSED' if check_result['passed'] else 'FAILED'}"
+            )
+        typer.echo(f"  report: {result.parity_path}")
     if result.contract.demo_weights:
         typer.echo("WARNING: demo weights: this model's predictions are meaningless", err=True)

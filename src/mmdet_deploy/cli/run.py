@@ -21,8 +21,8 @@ from mmdet_deploy.runtime.run import default_workers
 
 app = typer.Typer(
     name="mmdet-run",
-    help="Score images and videos with an exported MM-Det model (ONNX Runtime or TensorRT, no PyTorch needed) "
-    "or a checkpoint (--backend torch).",
+    help="Score images and videos with an exported MM-Det model (ONNX Runtime, OpenVINO or TensorRT, no PyTorch "
+    "needed) or a checkpoint (--backend torch).",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -60,6 +60,10 @@ HELP = {
     "recons_jpeg": "--recons vqvae: store the original as JPEG q95 and the reconstruction as JPEG q75 before "
     "reading them, as the reference does (default: on, it is what the checkpoint saw).",
     "vqvae_providers": "--recons vqvae: onnxruntime providers of the VQ-VAE, e.g. cuda,cpu. Default: from --device.",
+    "precision": "openvino: fp32 (default, pinned) or bf16 (float parts; a Q/DQ INT8 model stays INT8); "
+    "torch: fp32 (default), fp16 (CUDA) or bf16.",
+    "ov_cache": "openvino: folder of compiled models, rebuilt when the model or OpenVINO changes.",
+    "ov_requests": "openvino: infer requests in flight per batch (0: OpenVINO's optimum for the hint).",
 }
 
 
@@ -70,7 +74,8 @@ def run(
     model: Path = typer.Option(..., "--model", help=HELP["model"]),
     out: Path = typer.Option(..., "--out", help=HELP["out"]),
     preset: str | None = typer.Option(None, help=HELP["preset"]),
-    backend: str = typer.Option("onnxruntime", help="onnxruntime, tensorrt or torch (a checkpoint; needs torch)."),
+    backend: str = typer.Option("onnxruntime", help="onnxruntime, openvino (CPU), tensorrt or torch (a checkpoint; "
+                                "needs torch)."),
     device: str | None = typer.Option(None, help="cpu, cuda or cuda:N. Default: cpu (cuda for tensorrt)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Clips per inference call, mixed across files."),
     workers: int = typer.Option(default_workers(), min=1, help=HELP["workers"]),
@@ -86,7 +91,7 @@ def run(
     error_label: int | None = typer.Option(None, "--error-label", min=0, max=1, help=HELP["error_label"]),
     threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help=HELP["threshold"]),
     providers: str | None = typer.Option(None, "--providers", help=HELP["providers"]),
-    threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime intra-op threads (0: one per core)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime / openvino threads (0: one per core)."),
     trt_fp16: bool = typer.Option(False, "--trt-fp16", help="onnxruntime TensorRT provider: allow FP16."),
     trt_cache: Path | None = typer.Option(None, "--trt-cache", help="onnxruntime TensorRT provider: engine cache."),
     decoder: str = typer.Option("auto", help="Video decoder: auto (PyAV when installed), pyav or opencv."),
@@ -95,13 +100,16 @@ def run(
     decode_processes: bool = typer.Option(False, "--decode-processes/--decode-threads", help=HELP["decode_processes"]),
     model_config: str | None = typer.Option(None, "--config", help="torch backend: base (default) or tiny."),
     head: str | None = typer.Option(None, "--head", help="torch backend: simplified (default) or fc."),
-    precision: str | None = typer.Option(None, "--precision", help="torch backend: fp32 (default), fp16 (CUDA), bf16."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="torch backend on CUDA: replay CUDA graphs."),
     file_timeout: float = typer.Option(DEFAULT_FILE_TIMEOUT, "--file-timeout", min=0.0, help=HELP["file_timeout"]),
     recons: str = typer.Option("original", help=HELP["recons"]),
     vqvae_model: Path | None = typer.Option(None, "--vqvae-model", help=HELP["vqvae_model"]),
     recons_jpeg: bool | None = typer.Option(None, "--recons-jpeg/--no-recons-jpeg", help=HELP["recons_jpeg"]),
     vqvae_providers: str | None = typer.Option(None, "--vqvae-providers", help=HELP["vqvae_providers"]),
+    precision: str | None = typer.Option(None, "--precision", help=HELP["precision"]),
+    ov_cache: Path | None = typer.Option(None, "--ov-cache", help=HELP["ov_cache"]),
+    ov_hint: str | None = typer.Option(None, "--ov-hint", help="openvino: latency (default) or throughput."),
+    ov_requests: int | None = typer.Option(None, "--ov-requests", min=0, help=HELP["ov_requests"]),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs."),
     engine: str = typer.Option("local", "--engine", help=HELP["engine"]),
     ray_address: str | None = typer.Option(None, "--ray-address", help=HELP["ray_address"]),
@@ -136,6 +144,7 @@ def run(
         decode_processes=decode_processes, model_config=model_config, head=head, precision=precision,
         cuda_graphs=cuda_graphs,
         recons=recons, vqvae_model=vqvae_model, recons_jpeg=recons_jpeg, vqvae_providers=vqvae_providers,
+        ov_cache=ov_cache, ov_hint=ov_hint, ov_requests=ov_requests,
     )
     try:
         summary = run_folder(config, progress=RunProgress(enabled=not quiet))

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ class ExportOptions:
     added to the parity inputs; ``parity_clips`` random clips compared; ``atol`` the logit tolerance
     (default: the precision's, see :mod:`mmdet_deploy.export.parity_check`); ``recons`` what the checkpoint
     was trained with as its ``recons`` input (``original`` frames or ``vqvae`` reconstructions), stamped into
-    the contract so that ``mmdet-run`` warns when a run feeds the other.
+    the contract so that ``mmdet-run`` warns when a run feeds the other; ``check_backends`` the CPU
+    backends the parity check runs on (``onnxruntime``, ``openvino``, ``openvino-bf16``).
     """
 
     head: str = "simplified"
@@ -132,6 +134,7 @@ class ExportOptions:
     parity_clips: int = 2
     atol: float | None = None
     recons: str = "original"
+    check_backends: tuple[str, ...] = ("onnxruntime",)
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -150,6 +153,9 @@ class ExportOptions:
             raise UsageError(f"unknown exporter {self.exporter!r}; choose auto, dynamo or torchscript")
         if self.samples is not None:
             object.__setattr__(self, "samples", Path(self.samples))
+        from mmdet_deploy.export.parity_check import parse_check_backends
+
+        object.__setattr__(self, "check_backends", tuple(parse_check_backends(self.check_backends)))
 
 
 def export_onnx(
@@ -169,17 +175,20 @@ def export_onnx(
     parity_clips: int = 2,
     atol: float | None = None,
     recons: str = "original",
+    check_backends: Sequence[str] = ("onnxruntime",),
 ) -> ExportResult:
     """Export ``weights`` to ``out`` (ONNX): load, trace, clean, stamp the contract, save, verify.
 
     The keyword arguments are the fields of :class:`ExportOptions`. Raises
-    :class:`~mmdet_deploy.errors.ParityError` after writing the model and its reports when the ONNX Runtime
-    logits differ from PyTorch's by more than the precision's tolerance (1e-4 for fp32).
+    :class:`~mmdet_deploy.errors.ParityError` after writing the model and its reports when the logits of
+    ONNX Runtime (or of any of ``check_backends``: ``onnxruntime``, ``openvino``, ``openvino-bf16``) differ
+    from PyTorch's by more than the tolerance (1e-4 for fp32).
     """
     options = ExportOptions(
         head=head, config=config, opset=opset, simplify=simplify, check=check, precision=precision, preset=preset,
         samples=Path(samples) if samples is not None else None, with_features=with_features, exporter=exporter,
         parity_clips=parity_clips, atol=atol, recons=recons,
+        check_backends=tuple(check_backends),
     )
     require("onnx", "ONNX export")
     out = Path(out)
@@ -280,12 +289,13 @@ def describe_export(out: Path, proto: Any, contract: ModelContract, seconds: flo
 
 
 def verify(model: Any, result: ExportResult, options: ExportOptions) -> None:
-    """Parity of the written file (ONNX Runtime) against PyTorch; :class:`ParityError` beyond tolerance."""
+    """Parity of the written file on each of ``options.check_backends`` against PyTorch; :class:`ParityError`
+    beyond tolerance."""
     from mmdet_deploy.export.parity_check import check_parity
 
     _, parity_path = artefact_paths(result.path)
     result.parity = check_parity(model, result.path, result.contract, parity_path, clips=options.parity_clips,
-                                 samples=options.samples, atol=options.atol)
+                                 samples=options.samples, atol=options.atol, backends=options.check_backends)
     result.parity_path = parity_path
 
 

@@ -45,10 +45,22 @@ from mmdet_deploy.runtime.summary import as_hook as _as_hook
 
 logger = logging.getLogger(__name__)
 
-#: Options of the onnxruntime backend alone (flag name for error messages -> RunConfig field).
-ORT_ONLY = {"--providers": "providers", "--threads": "threads", "--trt-fp16": "trt_fp16", "--trt-cache": "trt_cache"}
-#: Options of the torch backend alone (it runs a checkpoint, which carries no contract: these say what to build).
-TORCH_ONLY = {"--config": "model_config", "--head": "head", "--precision": "precision", "--cuda-graphs": "cuda_graphs"}
+#: Options that only some backends take: RunConfig field -> (flag, {backend: its constructor option}).
+#: A flag given for another backend is refused, never ignored. A new backend adds its column here.
+BACKEND_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
+    "providers": ("--providers", {"onnxruntime": "providers"}),
+    "threads": ("--threads", {"onnxruntime": "intra_op_threads", "openvino": "threads"}),
+    "trt_fp16": ("--trt-fp16", {"onnxruntime": "trt_fp16"}),
+    "trt_cache": ("--trt-cache", {"onnxruntime": "trt_engine_cache"}),
+    "precision": ("--precision", {"openvino": "precision", "torch": "precision"}),
+    "ov_cache": ("--ov-cache", {"openvino": "cache_dir"}),
+    "ov_hint": ("--ov-hint", {"openvino": "hint"}),
+    "ov_requests": ("--ov-requests", {"openvino": "requests"}),
+    # The torch backend runs a checkpoint, which carries no contract: these say what to build.
+    "model_config": ("--config", {"torch": "config"}),
+    "head": ("--head", {"torch": "head"}),
+    "cuda_graphs": ("--cuda-graphs", {"torch": "cuda_graphs"}),
+}
 #: Options of the faces preset alone.
 FACES_ONLY = {"--face-detectors": "face_detectors", "--yunet-model": "yunet_model",
               "--mediapipe-model": "mediapipe_model", "--face-chain": "face_chain"}
@@ -91,18 +103,21 @@ class RunConfig:
     carrying its contract (a TensorRT engine with ``backend="tensorrt"``). ``out``: the output folder.
     ``preset`` and ``threshold`` None take the model's contract; ``device`` None is ``cpu`` (``cuda`` for
     tensorrt). ``batch_size`` is clips per inference call, ``workers`` preprocessing threads,
-    ``detect_size`` the longer side in pixels of the frame copy face detectors see. ``providers``,
-    ``threads``, ``trt_fp16`` and ``trt_cache`` apply to the onnxruntime backend only; ``face_chain``
-    (``default`` when None, or ``seed``: see :data:`~mmdet_deploy.runtime.faces.CHAINS`), ``face_detectors``
-    (a list of its own instead of a chain), ``yunet_model`` and ``mediapipe_model`` to the faces preset
-    only; ``model_config`` (``base``/``tiny``), ``head``, ``precision`` (``fp32``/``fp16``/``bf16``) and
-    ``cuda_graphs`` to the torch backend only (None: base, simplified, fp32, no graphs). ``decode_processes``:
-    the ``workers`` are processes instead of threads (decoding and face detection then scale past the GIL;
-    see ``runtime.prepare_pool``). ``file_timeout`` (local engine): seconds one file's preparation may go
-    without progress before it gets an ``error`` row (0: no limit). Names lists accept ``"a,b"`` or
-    ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the caller's business. ``recons``: ``original``
-    or ``vqvae`` (reconstructions by ``vqvae_model`` from ``mmdet-export vqvae``; ``recons_jpeg`` None: the
-    reference's JPEG steps on; ``vqvae_providers``: its ONNX Runtime providers, default from ``device``).
+    ``detect_size`` the longer side in pixels of the frame copy face detectors see. Backend options
+    (:data:`BACKEND_FLAGS`): ``providers``, ``trt_fp16`` and ``trt_cache`` for onnxruntime; ``threads``
+    for onnxruntime and openvino; ``precision`` (openvino: fp32 | bf16; torch: fp32 | fp16 | bf16),
+    ``ov_cache`` (a folder of compiled models), ``ov_hint`` (latency | throughput) and ``ov_requests``
+    (requests in flight) for openvino; ``model_config`` (``base``/``tiny``), ``head`` and ``cuda_graphs``
+    for torch (None: base, simplified, fp32, no graphs). ``face_chain`` (``default`` when None, or
+    ``seed``: see :data:`~mmdet_deploy.runtime.faces.CHAINS`), ``face_detectors`` (a list of its own
+    instead of a chain), ``yunet_model`` and ``mediapipe_model`` to the faces preset only.
+    ``decode_processes``: the ``workers`` are processes instead of threads (decoding and face detection then
+    scale past the GIL; see ``runtime.prepare_pool``). ``file_timeout`` (local engine): seconds one file's
+    preparation may go without progress before it gets an ``error`` row (0: no limit). Names lists accept
+    ``"a,b"`` or ``("a", "b")``. Display flags (``--quiet``, ``--verbose``) are the caller's business.
+    ``recons``: ``original`` or ``vqvae`` (reconstructions by ``vqvae_model`` from ``mmdet-export vqvae``;
+    ``recons_jpeg`` None: the reference's JPEG steps on; ``vqvae_providers``: its ONNX Runtime providers,
+    default from ``device``).
     ``save_crops`` also writes the model inputs to ``crops/``; ``report`` keeps JPEG thumbnails in ``thumbs/``
     and writes ``report.html`` at the end (:mod:`mmdet_deploy.runtime.records`, :mod:`~.report`).
 
@@ -153,6 +168,9 @@ class RunConfig:
     model_config: str | None = None
     head: str | None = None
     precision: str | None = None
+    ov_cache: Path | None = None
+    ov_hint: str | None = None
+    ov_requests: int | None = None
     cuda_graphs: bool = False
     recons: str = "original"
     vqvae_model: Path | None = None
@@ -161,7 +179,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         # Normalise (frozen: through object.__setattr__) so that equal settings compare equal.
-        for name in ("input_path", "model", "out", "yunet_model", "mediapipe_model", "trt_cache", "vqvae_model"):
+        for name in ("input_path", "model", "out", "yunet_model", "mediapipe_model", "trt_cache", "vqvae_model",
+                     "ov_cache"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
@@ -199,10 +218,11 @@ class RunConfig:
                              "their own; pass one of them")
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; choose one")
-        for backend, only in (("onnxruntime", ORT_ONLY), ("torch", TORCH_ONLY)):
-            given = [flag for flag, name in only.items() if getattr(self, name)]
-            if self.backend != backend and given:
-                raise UsageError(f"{', '.join(given)} only apply to --backend {backend}")
+        wrong = [f"{flag} only apply to --backend {' or '.join(owners)}"
+                 for name, (flag, owners) in BACKEND_FLAGS.items()
+                 if getattr(self, name) not in (None, False, 0) and self.backend not in owners]
+        if wrong:
+            raise UsageError("; ".join(wrong))
         if self.preset is not None:
             self.check_preset(self.preset)
         recons_vqvae.check_recons_options(self.recons, self.vqvae_model, self.recons_jpeg, self.vqvae_providers)
@@ -240,15 +260,15 @@ class RunConfig:
         ResultsSink.check(self.out, resume=self.resume, overwrite=self.overwrite)
 
     def backend_options(self) -> dict[str, Any]:
-        """Keyword options of the backend's constructor."""
-        if self.backend == "torch":
-            given = {"config": self.model_config, "head": self.head, "precision": self.precision,
-                     "cuda_graphs": self.cuda_graphs, "threshold": self.threshold}
-            return {k: v for k, v in given.items() if v is not None}
-        if self.backend != "onnxruntime":
-            return {}
-        return {"providers": list(self.providers) if self.providers else None, "intra_op_threads": self.threads,
-                "trt_fp16": self.trt_fp16, "trt_engine_cache": self.trt_cache}
+        """Keyword options of the backend's constructor (unset openvino options keep the backend's defaults)."""
+        options: dict[str, Any] = {}
+        for name, (_, owners) in BACKEND_FLAGS.items():
+            value = getattr(self, name)
+            if self.backend in owners and (value is not None or self.backend == "onnxruntime"):
+                options[owners[self.backend]] = list(value) if isinstance(value, tuple) else value
+        if self.backend == "torch" and self.threshold is not None:
+            options["threshold"] = self.threshold
+        return options
 
 
 def open_backend(config: RunConfig) -> Backend:

@@ -33,7 +33,7 @@ def softmax_fake(logits: np.ndarray) -> np.ndarray:
 class Backend(ABC):
     """Base class of inference backends. Subclasses implement :meth:`_open`, :meth:`_infer`, :meth:`_close`."""
 
-    #: Registry name (``onnxruntime``, ``tensorrt``, ``torch``).
+    #: Registry name (``onnxruntime``, ``tensorrt``, ``torch``, ``openvino``).
     name: str = ""
     #: The options a backend accepts, with their defaults; None accepts any option without defaults.
     default_options: Mapping[str, Any] | None = None
@@ -112,6 +112,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "mmdet_deploy.runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "mmdet_deploy.runtime.backends.tensorrt:TensorRTBackend",
     "torch": "mmdet_deploy.runtime.backends.torch:TorchBackend",
+    "openvino": "mmdet_deploy.runtime.backends.openvino:OpenVinoBackend",
 }
 
 
