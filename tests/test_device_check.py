@@ -16,7 +16,7 @@ pytest.importorskip("skimage")
 
 from mmdet_deploy.benchmarks import device_check, synthetic_media
 from mmdet_deploy.benchmarks.synthetic_media import MediaSpec, generate_media
-from mmdet_deploy.runtime.decode import read_sampled_frames
+from mmdet_deploy.runtime.video_sampling import read_sampled_frames
 
 
 def test_videos_without_pyav_are_mp4v_and_decode_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.errors import ContractError, MediaError, UsageError
-from mmdet_deploy.runtime import frame_sampling, preprocess
+from mmdet_deploy.runtime import frame_sampling, preprocess, video_sampling
 from mmdet_deploy.runtime.decode import DEFAULT_MAX_PIXELS, VideoReader
 from mmdet_deploy.runtime.preprocess import PreparedFile, Preprocessor
 from mmdet_deploy.runtime.recons import ReconstructionSource
@@ -58,7 +58,7 @@ def test_a_wrong_container_frame_count_is_corrected_by_decoding(
 ) -> None:
     video = write_index_video(tmp_path / "v.mkv", 37, fps=10)
     opened: list[VideoReader] = []
-    real_open = preprocess.open_video
+    real_open = video_sampling.open_video  # the faces preset's sampling pass
 
     def lying_open(path: Path, decoder: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoReader:
         reader = real_open(path, decoder, max_pixels)
@@ -66,7 +66,7 @@ def test_a_wrong_container_frame_count_is_corrected_by_decoding(
         opened.append(reader)
         return reader
 
-    monkeypatch.setattr(preprocess, "open_video", lying_open)
+    monkeypatch.setattr(video_sampling, "open_video", lying_open)
     item = Preprocessor(CONTRACT, "faces")(video)
     expected = list(np.linspace(0, 36, 10, dtype=int))
     assert item.frame_indices == [expected] and _painted(item) == [expected]
@@ -76,8 +76,8 @@ def test_a_wrong_container_frame_count_is_corrected_by_decoding(
 def test_correct_frame_count_needs_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     video = write_index_video(tmp_path / "v.mp4", 37, fps=10)
     calls: list[Path] = []
-    real_open = preprocess.open_video
-    monkeypatch.setattr(preprocess, "open_video",
+    real_open = video_sampling.open_video  # the faces preset's sampling pass
+    monkeypatch.setattr(video_sampling, "open_video",
                         lambda p, d="auto", m=DEFAULT_MAX_PIXELS: calls.append(p) or real_open(p, d, m))
     Preprocessor(CONTRACT, "faces")(video)
     assert len(calls) == 1

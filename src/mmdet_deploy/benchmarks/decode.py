@@ -5,7 +5,7 @@ preprocessing scales with workers as threads and as processes.
 
     python -m mmdet_deploy.benchmarks.decode --out DIR [--workers 1,2] [--copies 8] [--seconds 10] [--fps 30]
 
-The measured work is the runtime's own: :func:`mmdet_deploy.runtime.decode.read_sampled_frames`, the
+The measured work is the runtime's own: :func:`mmdet_deploy.runtime.video_sampling.read_sampled_frames`, the
 faces preset's exact decode of the first 10 s (every frame decoded in order, 10 kept; 300 frames of a
 30 fps file), and :func:`~mmdet_deploy.runtime.prepare.prepare_file` (decode, face detection, crops)
 through the runtime's thread and process pools. Each configuration reads ``copies`` copies of one
@@ -42,7 +42,7 @@ MODES = ("threads", "processes")
 
 def decode_one(path: Path, decoder: str) -> int:
     """The runtime's exact sampling decode of one file; returns the frames decoded."""
-    from mmdet_deploy.runtime.decode import read_sampled_frames
+    from mmdet_deploy.runtime.video_sampling import read_sampled_frames
 
     return read_sampled_frames(path, FRAMES, MAX_SECONDS, decoder).decoded
 

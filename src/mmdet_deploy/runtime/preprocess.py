@@ -52,6 +52,7 @@ from mmdet_deploy.runtime.discovery import IMAGE, VIDEO, media_kind
 from mmdet_deploy.runtime.faces import FaceFinder, FaceRecord
 from mmdet_deploy.runtime.recons import IdentityReconstruction, ReconstructionSource
 from mmdet_deploy.runtime.thumbnails import shrink
+from mmdet_deploy.runtime.video_sampling import read_sampled_frames
 
 #: The seed samples within the first 10 seconds of a video.
 MAX_SECONDS = 10.0
@@ -321,32 +322,13 @@ class Preprocessor:
 
     def _video_faces(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
         t0 = time.perf_counter()
-        frames: dict[int, np.ndarray] = {}
-        with open_video(path, self.decoder, self.max_pixels) as reader:
-            item.fps = reader.fps
-            fps = reader.fps or FALLBACK_FPS
-            limit = max(1, int(fps * self.max_seconds))  # the seed's int(fps * 10)
-            guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
-            wanted = set(frame_sampling.sample_indices(guess, self.frames))
-            scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
-            item.rotation = reader.rotation
-        count = scan.decoded
-        if count == 0:
-            raise MediaError(str(path), "no decodable video frame" + (f": {scan.error}" if scan.error else ""))
-        indices = frame_sampling.sample_indices(count, self.frames)
-        if not set(indices) <= frames.keys():
-            # The container's frame count was wrong (or decoding stopped early): now that the true count is
-            # known, decode again and keep the exact frames of the seed's sampling over that count.
-            frames.clear()
-            wanted = set(indices)
-            with open_video(path, self.decoder, self.max_pixels) as reader:
-                rescan = reader.scan(wanted.__contains__, frames.__setitem__, count)
-            if not set(indices) <= frames.keys():
-                raise MediaError(str(path), f"frames changed between two decoding passes ({rescan.error or 'fewer'})")
+        sampled = read_sampled_frames(path, self.frames, self.max_seconds, self.decoder, max_pixels=self.max_pixels)
+        frames, indices, count, limit = sampled.frames, sampled.indices, sampled.decoded, sampled.limit
+        item.fps, item.rotation = sampled.fps, sampled.rotation
         item.timings["decode"] = time.perf_counter() - t0
         item.frames_decoded = count
-        if scan.error:
-            item.notes.append(scan.error)
+        if sampled.error:
+            item.notes.append(sampled.error)
         if count < self.frames:
             item.notes.append(f"only {count} frames: sampled frames repeat to fill {self.frames}")
         if item.fps is None:
