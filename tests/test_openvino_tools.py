@@ -90,12 +90,13 @@ def test_nan_fails_the_parity_comparison() -> None:
     assert compare_logits(ref, ref).within(0.0)
 
 
-def test_nan_fails_the_int8_gate_even_with_full_agreement(tmp_path: Path) -> None:
-    # p(fake) NaN compares False with the threshold, exactly like the fp32 model's below-threshold clips.
+def test_nan_fails_the_int8_gate_even_where_the_decision_would_agree(tmp_path: Path) -> None:
+    # p(fake) NaN compares False with the threshold, like the fp32 model's below-threshold clip: it would read
+    # as an agreeing "real". A non-finite score agrees with nothing, and fails the gate by itself.
     ref = {"logits": np.array([[1.0, 0.0], [2.0, 0.0]]), "prob_fake": np.array([0.27, 0.12])}
     cand = {"logits": np.array([[math.nan, 0.0], [2.0, 0.0]]), "prob_fake": np.array([math.nan, 0.12])}
     report = compare(ref, cand, 0.5, 0.99, "logits")
-    assert report.agreement == 1.0 and report.nonfinite == 1 and not report.passed
+    assert report.agreement == 0.5 and report.nonfinite == 1 and not report.passed
     with pytest.raises(ParityError, match="1 of 2 held-out clips gave NaN or infinite outputs"):
         enforce(report, tmp_path / "gate.json")
     assert compare(ref, ref, 0.5, 0.99, "logits").passed
