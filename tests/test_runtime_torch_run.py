@@ -88,7 +88,7 @@ def test_cli_torch_backend(media: Path, tiny_checkpoint: Path, tmp_path: Path) -
     [
         ({"backend": "onnxruntime", "model_config": "tiny"}, "--config only apply to --backend torch"),
         ({"backend": "onnxruntime", "precision": "bf16", "cuda_graphs": True},
-         "--precision, --cuda-graphs only apply to --backend torch"),
+         "--precision only apply to --backend openvino or torch; --cuda-graphs only apply to --backend torch"),
         ({"backend": "torch", "providers": "cpu"}, "--providers only apply to --backend onnxruntime"),
     ],
 )
