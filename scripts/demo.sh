@@ -16,7 +16,7 @@ if [ ! -f "$MODEL" ] || [ "$WEIGHTS" -nt "$MODEL" ]; then
     .venv/bin/mmdet-export onnx --weights "$WEIGHTS" --out "$MODEL" --config "$CONFIG" --samples samples
 fi
 status=0
-.venv/bin/mmdet-run samples --model "$MODEL" --out "$OUT" || status=$?
+.venv/bin/mmdet-run samples --model "$MODEL" --out "$OUT" --overwrite || status=$?
 echo
 echo "== $OUT/results.csv"
 cat "$OUT/results.csv"
