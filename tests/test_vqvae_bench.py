@@ -49,3 +49,15 @@ def test_benchmark_report_on_the_tiny_vqvae(tmp_path: Path) -> None:
     assert saved["cost"][0]["frame"] == "333x251" and "| onnxruntime | 333x251 | crop |" in (
         tmp_path / "out" / "report.md"
     ).read_text()
+
+
+def test_end_to_end_rows_per_detector_backend(tmp_path: Path, tiny_vqvae_onnx, tiny_onnx_factory) -> None:
+    from mmdet_deploy.benchmarks.vqvae import E2E_BACKENDS, end_to_end
+
+    detector = tiny_onnx_factory("simplified", preset="frames", check=False).path
+    report = end_to_end(tiny_vqvae_onnx.path, detector, tmp_path / "media", workers=1, batch_size=1,
+                        max_windows=1, progress=lambda message: None)  # fmt: skip
+    first = [r for r in report["rows"] if r["backend"] == E2E_BACKENDS[0]]
+    assert [r["recons"] for r in first] == ["original", "vqvae-crop-jpeg", "vqvae-crop", "vqvae-full-jpeg"]
+    assert all(r["counts"]["ok"] == report["media"]["files"] for r in first) and first[0]["vs_original"] == 1.0
+    assert report["margin_speedup_e2e"] > 0

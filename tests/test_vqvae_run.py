@@ -182,4 +182,5 @@ def test_worker_processes_rebuild_the_vqvae(tmp_path: Path, media: Path, tiny_vq
     assert code == 0, output
     threads = {r.filename: r.prob_fake for r in load_results(tmp_path / "threads" / "results.csv")}
     procs = {r.filename: r.prob_fake for r in load_results(tmp_path / "procs" / "results.csv")}
-    assert procs == threads
+    assert procs.keys() == threads.keys()
+    assert all(procs[k] == pytest.approx(threads[k], abs=2e-6) for k in threads)  # results.csv rounds to 1e-6
