@@ -61,10 +61,7 @@ SAFETY_WINDOWS = 1000
 
 #: Gets one window's ``(T, S, S, 3)`` uint8 crops and reconstruction (the same object for the identity).
 WindowSink = Callable[[np.ndarray, np.ndarray], None]
-
-
-#: faces preset: what the detector chain chose on one sampled frame (``frame``, ``detector``, ``box`` before the
-#: margin, ``score``); one type with the chain's own records, under the name ``faces.csv`` code uses.
+#: faces preset: the chain's record of one sampled frame (``frame``, ``detector``, ``box`` before margin, ``score``).
 FrameFace = FaceRecord
 
 
