@@ -152,9 +152,6 @@ def test_perf_count_summary() -> None:
     assert table[0].startswith("| category | ov-int8@cpu") and table[-1] == "| int8 share of GEMM/conv time | 75 % |"
 
 
-@pytest.mark.skip(reason="known bug, issue 14 open: in the full suite, after many OpenVINO backends in one process, "
-                  "the throughput-hint AsyncInferQueue run aborted the interpreter (Fatal Python error: Aborted in "
-                  "benchmarks/ov_tuning.py); it must move to a subprocess or the queue's lifetime be fixed")
 def test_openvino_tuning_runs_every_hint_and_batch(tmp_path: Path) -> None:
     """The tuning tool on the synthetic model: model level for both hints, pipeline level on the samples."""
     pytest.importorskip("openvino")

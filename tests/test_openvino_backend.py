@@ -78,6 +78,39 @@ def test_throughput_requests_in_flight_give_the_same_outputs(tiny_onnx: Path) ->
     assert many["prob_fake"].shape == (4,)
 
 
+#: Many throughput-hint backends opened, used and dropped with the garbage collector running on every
+#: allocation and cyclic garbage around. With an AsyncInferQueue callback this aborted the interpreter
+#: ("terminate called after throwing an instance of 'std::system_error': Resource deadlock avoided") within a
+#: few iterations; it ran in a child process so that the abort fails this test instead of killing pytest.
+_GC_STRESS = """
+import gc, sys
+import numpy as np
+from pathlib import Path
+from mmdet_deploy.runtime.backends import create_backend
+gc.set_threshold(1, 1, 1)
+x = np.random.default_rng(0).normal(size=(4, 10, 3, 224, 224)).astype(np.float32)
+for i in range(40):
+    backend = create_backend("openvino", Path(sys.argv[1]), threads=2, hint="throughput", requests=0)
+    backend.open()
+    garbage = [[j] for j in range(1000)]
+    garbage.append(garbage)
+    out = backend.infer({"original": x, "recons": x})
+    assert out["prob_fake"].shape == (4,)
+    if i % 2:
+        backend.close()
+    del backend, garbage
+print("survived")
+"""
+
+
+def test_requests_in_flight_survive_garbage_collection_anywhere(synthetic: Path) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _GC_STRESS, str(synthetic)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "survived" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 @pytest.fixture(scope="module")
 def int8_models(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny model quantised by ONNX Runtime's quantiser and by NNCF, from one synthetic calibration set."""

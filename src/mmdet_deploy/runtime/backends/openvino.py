@@ -8,8 +8,8 @@ Created as ``create_backend("openvino", "model.onnx", precision="fp32", threads=
   either engine) runs its quantised layers in int8 whatever this option says.
 * ``threads``: ``INFERENCE_NUM_THREADS`` (0: OpenVINO's default, every core).
 * ``hint``: ``latency`` (default) or ``throughput`` (``PERFORMANCE_HINT``).
-* ``requests``: infer requests kept in flight by one :meth:`infer` call (an ``AsyncInferQueue``); a batch is
-  split into that many chunks. 1 (default) runs the batch as one request; 0 takes the compiled model's
+* ``requests``: infer requests kept in flight by one :meth:`infer` call (started together, then waited on); a
+  batch is split into that many chunks. 1 (default) runs the batch as one request; 0 takes the compiled model's
   ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``. Only useful with ``hint="throughput"`` (several streams).
 * ``cache_dir``: a folder for compiled models (``--ov-cache``). An entry records the OpenVINO version, the
   artefact's sha256, the compile configuration and the blob's own sha256; any difference rebuilds it.
@@ -120,7 +120,7 @@ class OpenVinoBackend(Backend):
         self.cache_status = "off"
         self._ov: Any = None
         self._request: Any = None
-        self._queue: Any = None
+        self._requests: list[Any] = []
         self._outputs: list[tuple[Any, str]] = []
         self._max_batch: int | None = None
         self._inference_precision = ""
@@ -295,27 +295,28 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"{self.model_path}: inference failed ({ov_reason(exc)})") from exc
 
     def _infer_async(self, inputs: dict[str, np.ndarray], batch: int, jobs: int) -> dict[str, np.ndarray]:
-        """Split the batch over ``jobs`` requests in flight (one per stream) and join the outputs in order."""
-        if self._queue is None or len(self._queue) != jobs:
-            self._queue = self._ov.AsyncInferQueue(self.compiled, jobs)
+        """Split the batch over ``jobs`` requests in flight (one per stream) and join the outputs in order.
+
+        Plain infer requests, started and then waited on from this thread: no Python callback ever runs on one
+        of OpenVINO's threads. An ``AsyncInferQueue`` callback does, and a garbage collection triggered there
+        can destroy a queue on its own worker thread, which aborts the process ("Fatal Python error: Aborted",
+        seen in the full test suite with OpenVINO 2026.4.1).
+        """
+        while len(self._requests) < jobs:
+            self._requests.append(self.compiled.create_infer_request())
         bounds = np.linspace(0, batch, min(jobs, batch) + 1).astype(int)
         chunks = [{n: a[lo:hi] for n, a in inputs.items()} for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-        results: list[dict[str, np.ndarray] | None] = [None] * len(chunks)
-        outputs = list(self._outputs)
-
-        # The callback must not reference the backend: queue -> callback -> backend -> queue would be a cycle,
-        # and the garbage collector may then destroy the queue on one of its own threads, which aborts the
-        # process ("Resource deadlock avoided"; seen with OpenVINO 2026.4.1).
-        def done(request: Any, index: int) -> None:
-            results[index] = {name: np.array(request.get_tensor(port).data) for port, name in outputs}
-
-        self._queue.set_callback(done)
-        for index, chunk in enumerate(chunks):
-            self._queue.start_async(chunk, userdata=index, share_inputs=True)
-        self._queue.wait_all()
-        if any(r is None for r in results):
-            raise BackendError(f"{self.model_path}: an asynchronous OpenVINO request returned no outputs")
-        return {name: np.concatenate([r[name] for r in results if r is not None]) for _, name in self._outputs}
+        started = []
+        try:
+            for request, chunk in zip(self._requests, chunks, strict=False):
+                request.start_async(chunk, share_inputs=True)
+                started.append(request)
+        finally:
+            for request in started:  # every started request is waited on, even when a later start failed
+                request.wait()
+        results = [{name: np.array(request.get_tensor(port).data) for port, name in self._outputs}
+                   for request in started]
+        return {name: np.concatenate([r[name] for r in results]) for _, name in self._outputs}
 
     def profile(self, inputs: dict[str, np.ndarray], runs: int = 2) -> list[dict[str, Any]]:
         """Per-layer counters summed over ``runs`` calls after one warm-up (needs ``profile=True``).
@@ -343,7 +344,7 @@ class OpenVinoBackend(Backend):
                 for k, v in totals.items()]
 
     def _close(self) -> None:
-        self._queue = None
+        self._requests = []
         self._request = None
         self.compiled = None
 
