@@ -58,6 +58,10 @@ def _open_rows(rows: Sequence[Capability], env: Environment, store: ArtefactStor
             continue
         rss, t0 = current_rss_mb(), time.perf_counter()
         try:
+            if row.backend == "torch" and settings.threads:  # torch's pool is per process, as the others' options
+                import torch
+
+                torch.set_num_threads(settings.threads)
             backend = make(row.backend, str(artefact.path), row.device, **backend_options(row, settings))
             backend.open()
         except Exception as exc:  # a backend that cannot open fails its row only

@@ -59,6 +59,38 @@ def _no_telemetry() -> Iterator[None]:
             del sys.modules["openvino_telemetry"]
 
 
+@contextlib.contextmanager
+def _memory_bounded_sessions() -> Iterator[None]:
+    """Give NNCF's ONNX Runtime sessions priority-based execution order, for the duration of the block.
+
+    NNCF's ONNX backend collects statistics by adding every calibrated tensor to the graph's outputs and
+    running it in ONNX Runtime; in the default topological order that schedule keeps large tensors alive
+    (the same effect as ORT's own calibrator, see :func:`mmdet_deploy.calibration.quantize.
+    memory_bounded_calibration`): on the base model NNCF passed 10.9 GB RSS, with 0.63 GB of calibrated
+    tensors per clip. NNCF offers no session option, so the ``onnxruntime`` module its engine sees is
+    replaced by a proxy whose ``SessionOptions`` set the order; everything else is ONNX Runtime's own.
+    """
+    import onnxruntime as ort
+    from nncf.onnx import engine
+
+    class _PriorityBasedOrt:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(ort, name)
+
+        @staticmethod
+        def SessionOptions() -> Any:  # the name NNCF calls
+            options = ort.SessionOptions()
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+            return options
+
+    original = engine.rt
+    engine.rt = _PriorityBasedOrt()
+    try:
+        yield
+    finally:
+        engine.rt = original
+
+
 def import_nncf() -> ModuleType:
     """``nncf`` with its telemetry stubbed out (the extra is ``openvino``)."""
     if "nncf" in sys.modules:
@@ -162,14 +194,15 @@ def quantize_nncf(src: Path, dst: Path, calib: CalibrationSet, tokens: Iterable[
     level = nncf_log.level
     nncf_log.setLevel(logging.WARNING)
     try:
-        quantized = nncf.quantize(
-            model,
-            nncf.Dataset(entries, transform),
-            preset=nncf.QuantizationPreset.MIXED,
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(entries),
-            ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-        )
+        with _memory_bounded_sessions():
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset(entries, transform),
+                preset=nncf.QuantizationPreset.MIXED,
+                model_type=nncf.ModelType.TRANSFORMER,
+                subset_size=len(entries),
+                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            )
     except Exception as exc:  # NNCF's own errors (nncf.errors.*) are about the model or data: one line
         if not type(exc).__module__.startswith("nncf"):
             raise
