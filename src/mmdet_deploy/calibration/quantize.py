@@ -273,6 +273,7 @@ def quantize_onnx(
     engine_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mmdet-int8-") as tmp:
         prepared = _prepare(model, Path(tmp))
+        del model  # the fp32 proto holds every weight (760 MB for base): not needed while quantising
         nodes = None if "all" in tokens or resolved == "nncf" else select_nodes(onnx.load(str(prepared)), tokens)
         if nodes is not None and not nodes:
             raise ExportError(f"{onnx_path}: no node matches --ops {ops}; nothing to quantise")
