@@ -73,6 +73,26 @@ def test_interleaved_rows_alternate_and_keep_every_figure(store: tuple[ArtefactS
     assert all(entry.endswith(":1") for entry in first_round)
 
 
+def test_reopen_keeps_one_backend_open_at_a_time(store: tuple[ArtefactStore, Path], tmp_path: Path) -> None:
+    artefacts, inputs = store
+    settings = MatrixSettings(device="cpu", batch_sizes=(1,), policy=TimingPolicy(1, 3, 0.0), config="tiny",
+                              fidelity_clips=3, isolate=False, interleave=True, rounds=3, threads=2, reopen=True)
+    opened: list[CountingBackend] = []
+
+    def factory(name: str, path: str, device: str, **options: object) -> CountingBackend:
+        assert all(not b._is_open for b in opened), "a second backend opened while another was open"
+        backend = _factory(name, path, device, **options)
+        opened.append(backend)
+        return backend
+
+    records = {r["key"]: r for r in run_matrix(ROWS, OV_ENV, artefacts, inputs, settings, tmp_path / "w", factory)}
+    assert len(opened) == 3 * len(ROWS)  # one open per row and round
+    for key in ("ov-fp32@cpu", "ov-int8-nncf@cpu", "torch-eager-fp32@cpu"):
+        cell = records[key]["batches"]["1"]
+        assert records[key]["status"] == "ok" and cell["reps"] == 3 and cell["warmup"] == 3  # one per turn
+        assert records[key]["fidelity"]["clips"] == 3
+
+
 def test_round_policy_splits_the_budget() -> None:
     policy = TimingPolicy(warmup=2, min_reps=5, time_budget_s=9.0, max_reps=100)
     first, later = round_policy(policy, 3, True), round_policy(policy, 3, False)

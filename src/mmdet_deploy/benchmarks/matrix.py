@@ -37,8 +37,9 @@ class MatrixSettings:
     default). ``fidelity_clips``: clips compared with the reference. ``isolate``: one worker process per
     row. ``row_timeout_s``: a worker running longer fails its row (seconds). ``threshold``: decision
     threshold on p(fake) for decision agreement. ``interleave``: every row in this process, timed in
-    ``rounds`` alternating rounds (:mod:`.interleave`; ``isolate`` is then ignored); ``profile_runs`` > 0
-    adds OpenVINO's per-layer counters of each OpenVINO row.
+    ``rounds`` alternating rounds (:mod:`.interleave`; ``isolate`` is then ignored; ``reopen``: each row's
+    backend open only for its turn); ``profile_runs`` > 0 adds OpenVINO's per-layer counters of each
+    OpenVINO row.
     """
 
     device: str = "cpu"
@@ -54,6 +55,7 @@ class MatrixSettings:
     interleave: bool = False
     rounds: int = 3
     profile_runs: int = 0
+    reopen: bool = False
 
 
 def backend_options(row: Capability, settings: MatrixSettings) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class BenchSettings:
     seed: int = 0
     interleave: bool = False
     rounds: int = 3
+    reopen: bool = False
     profile_runs: int = 0
     calibration: str = "synthetic"
     calibration_files: int = 24
@@ -180,8 +181,11 @@ def _notes(s: BenchSettings, policy: TimingPolicy, fidelity_clips: int) -> list[
         f"Timing: {policy.warmup} warm-up call(s) excluded, then calls until >= {policy.min_reps} samples and "
         f">= {policy.time_budget_s} s timed (cap {policy.max_reps}); time.perf_counter_ns around each call, after a "
         "device synchronise on CUDA; p50/p95 by linear interpolation between closest ranks (NumPy 'linear').",
-        *([f"Interleaved: every row open in one process; {s.rounds} rounds per batch size, each row timed in turn "
-           f"with 1/{s.rounds} of the policy (warm-up in the first round only), samples pooled."]
+        *([f"Interleaved: every row in one process; {s.rounds} rounds per batch size, each row timed in turn "
+           f"with 1/{s.rounds} of the policy, samples pooled; "
+           + ("each row's backend opened for its turn and closed after it (one model in memory at a time), "
+              "one untimed warm-up call per turn." if s.reopen else
+              "every backend open throughout, warm-up in the first round only.")]
           if s.interleave else []),
         "Latency per clip = batch latency / batch size; clips/s = batch size / p50 batch latency.",
         f"{inputs}; original = recons as in the seed; fidelity on the first {fidelity_clips} clips against PyTorch "
@@ -281,7 +285,7 @@ def run_benchmark(
     msettings = MatrixSettings(
         device=s.device, batch_sizes=s.batch_sizes, policy=policy, head=s.head, config=s.config, threads=s.threads,
         fidelity_clips=fidelity_clips, isolate=s.isolate and factory is None, interleave=s.interleave,
-        rounds=s.rounds, profile_runs=s.profile_runs,
+        rounds=s.rounds, profile_runs=s.profile_runs, reopen=s.reopen,
     )  # fmt: skip
     records = run_matrix(rows, env, store, inputs, msettings, work, factory, progress)
     flops = flops_per_clip(s.config, s.head)
@@ -301,7 +305,8 @@ def run_benchmark(
                   "flops_per_clip": flops},
         "settings": {"batch_sizes": list(s.batch_sizes), "device": s.device, "quick": s.quick,
                      "rows": list(s.rows) if s.rows else None, "compile": s.compile, "isolate": msettings.isolate,
-                     "interleave": s.interleave, "rounds": s.rounds, "profile_runs": s.profile_runs,
+                     "interleave": s.interleave, "rounds": s.rounds, "reopen": s.reopen,
+                     "profile_runs": s.profile_runs,
                      "calibration": s.calibration, "cache_dir": str(s.cache_dir), "policy": as_dict(policy)},
         "calibration": _calibration_summary(calib, fidelity_clips),
         "method": {"threads": s.threads, "notes": _notes(s, policy, fidelity_clips)},

@@ -75,6 +75,8 @@ def bench(
     interleave: bool = typer.Option(False, "--interleave/--no-interleave", help="Every row in this process, timed "
                                     "in alternating rounds (ratios side by side); memory is then per process."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="--interleave: timing rounds per batch size."),
+    reopen: bool = typer.Option(False, "--reopen", help="--interleave: open each row's backend only for its turn "
+                                "(one model in memory at a time; a warm-up call per turn)."),
     profile: int = typer.Option(0, "--profile", min=0, metavar="RUNS", help="--interleave: OpenVINO per-layer "
                                 "counters (PERF_COUNT) of each OpenVINO row over RUNS runs."),
     calibration: str = typer.Option("synthetic", help="synthetic, or media: INT8 calibrated on, and timing and "
@@ -105,7 +107,8 @@ def bench(
         quick=quick, e2e=e2e, rows=tuple(r.strip() for r in rows.split(",")) if rows else None,
         time_budget_s=time_budget, min_reps=min_reps, warmup=warmup, cache_dir=cache_dir, threads=threads,
         compile=compile_, fidelity_clips=fidelity_clips, isolate=isolate, e2e_row=e2e_row, e2e_batch=e2e_batch,
-        workers=workers, interleave=interleave, rounds=rounds, profile_runs=profile, calibration=calibration,
+        workers=workers, interleave=interleave, rounds=rounds, reopen=reopen, profile_runs=profile,
+        calibration=calibration,
         calibration_files=calibration_files,
     )  # fmt: skip
     report = run_benchmark(settings, progress=lambda msg: typer.echo(msg, err=True))
