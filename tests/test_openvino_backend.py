@@ -125,6 +125,16 @@ def int8_models(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> di
             for engine in ("ort", "nncf")}
 
 
+def test_nncf_file_carries_its_own_weights(int8_models: dict[str, Path]) -> None:
+    """NNCF ran on a copy with external weights (memory); the file it wrote must not point back into that copy."""
+    import onnx
+
+    model = onnx.load(str(int8_models["nncf"]), load_external_data=False)
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert not external, external[:5]
+    assert not [p for p in int8_models["nncf"].parent.iterdir() if p.suffix == ".bin"]
+
+
 @pytest.mark.parametrize("engine", ["ort", "nncf"])
 def test_int8_qdq_runs_as_int8_on_openvino(int8_models: dict[str, Path], tiny_onnx: Path, engine: str) -> None:
     """Both quantisers' Q/DQ files run on OpenVINO, in int8 kernels, and give the fp32 model's decisions."""

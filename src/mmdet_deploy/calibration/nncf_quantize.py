@@ -183,7 +183,7 @@ def quantize_nncf(src: Path, dst: Path, calib: CalibrationSet, tokens: Iterable[
     nncf = import_nncf()
     with tempfile.TemporaryDirectory(prefix="mmdet-nncf-") as tmp:
         model = _with_external_weights(onnx, src, Path(tmp))
-        info = _quantize(nncf, onnx, model, dst, calib, tokens, Path(tmp))
+        info = _quantize(nncf, onnx, model, src, dst, calib, tokens, Path(tmp))
     return info
 
 
@@ -201,8 +201,8 @@ def _with_external_weights(onnx: Any, src: Path, folder: Path) -> Any:
     return onnx.load(str(folder / "model.onnx"), load_external_data=False)
 
 
-def _quantize(nncf: Any, onnx: Any, model: Any, dst: Path, calib: CalibrationSet, tokens: Iterable[str],
-              weights_dir: Path) -> dict[str, Any]:
+def _quantize(nncf: Any, onnx: Any, model: Any, src: Path, dst: Path, calib: CalibrationSet,
+              tokens: Iterable[str], weights_dir: Path) -> dict[str, Any]:
     """``nncf.quantize`` of ``model`` (weights in ``weights_dir``) on the calibration split; saves ``dst``."""
     from nncf.onnx.quantization.backend_parameters import BackendParameters
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
@@ -235,7 +235,7 @@ def _quantize(nncf: Any, onnx: Any, model: Any, dst: Path, calib: CalibrationSet
         if not type(exc).__module__.startswith("nncf"):
             raise
         text = " ".join(str(exc).split())[:300]
-        raise ExportError(f"NNCF quantisation failed ({type(exc).__name__}: {text})") from exc
+        raise ExportError(f"{src.name}: NNCF quantisation failed ({type(exc).__name__}: {text})") from exc
     finally:
         nncf_log.setLevel(level)
     onnx.save(quantized, str(dst))
