@@ -24,8 +24,10 @@ import numpy as np
 
 from mmdet_deploy.contract import ModelContract
 from mmdet_deploy.errors import MissingDependencyError
-from mmdet_deploy.runtime.faces import FaceBox
+from mmdet_deploy.runtime.faces import CUSTOM_CHAIN, FaceBox
 from mmdet_deploy.runtime.preprocess import FrameFace, PreparedFile
+from mmdet_deploy.runtime.recons import IdentityReconstruction
+from mmdet_deploy.runtime.recons_vqvae import recons_settings
 from mmdet_deploy.runtime.records import PREVIEW_SIDE, THUMB_META, THUMBS_DIR, RunRecorder, review_path
 from mmdet_deploy.runtime.results import ERROR, NO_FACE, OK, SKIPPED, ResultRow, ResultsWriter, check_manifest
 from mmdet_deploy.runtime.thumbnails import shrink
@@ -76,6 +78,7 @@ def write_run(out: Path, files: int = 10_000, seed: int = 0, reuse_thumbnails: b
     settings = {"checkpoint_sha256": "0" * 64, "head": contract.head, "config": contract.config,
                 "precision": contract.precision, "preset": "faces", "threshold": 0.5, "frames": contract.frames,
                 "image_size": contract.image_size, "max_windows": None, "face_detectors": ["haar"],
+                "face_chain": CUSTOM_CHAIN, "recons": recons_settings(IdentityReconstruction()),
                 "model": "synthetic.onnx", "input": str(out / "input"), "demo_weights": True,
                 "contract": contract.to_dict(), "save_crops": False}
     encoded_by_variant: dict[int, str] = {}  # variant -> the file whose thumbnails were encoded from it
