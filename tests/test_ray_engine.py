@@ -150,10 +150,12 @@ def cluster_pids(cluster: Any) -> list[int]:
 def test_local_mode_starts_a_private_loopback_ray_and_stops_it(model: Path, tmp_path: Path) -> None:
     root = colour_folder(tmp_path / "in", 3)
     seen: dict[str, Any] = {}
+    # Children of this process from before the run (e.g. multiprocessing's resource tracker) are not Ray's.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def inspect(row: ResultRow) -> None:  # runs in the driver while the local Ray is up
         if not seen:
-            procs = psutil.Process().children(recursive=True)
+            procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
             seen["addresses"] = {n["NodeManagerAddress"] for n in ray.nodes()}
             seen["listening"] = listening_ips(procs)
             seen["procs"] = procs
@@ -164,7 +166,7 @@ def test_local_mode_starts_a_private_loopback_ray_and_stops_it(model: Path, tmp_
     assert seen["listening"] and seen["listening"] <= LOOPBACK_IPS  # and every listening socket: loopback only
     assert not ray.is_initialized()  # the engine stopped the Ray it started...
     gone, alive = psutil.wait_procs(seen["procs"], timeout=20)
-    assert not alive, [p.pid for p in alive]  # ...and every process of it is gone
+    assert not alive, [(p.pid, " ".join(p.cmdline())[:200]) for p in alive]  # ...and every process of it is gone
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["ray"]["address"] == "local"
 
 
