@@ -200,9 +200,11 @@ def _notes(s: BenchSettings, policy: TimingPolicy, fidelity_clips: int) -> list[
         "products), equal to torch.utils.flop_counter on the model; TFLOP/s = FLOPs per clip x clips/s; "
         "% peak = against a torch.mm measured in the same run (fp32 on CPU; fp16/bf16 on GPU for those rows).",
         f"Threads: {s.threads} intra-op threads for every backend and the peak measurement.",
-        f"Load s = backend creation and open (artefact read, session/engine set-up); build s = artefact build "
-        f"(export, quantisation; INT8 calibrated on {s.calibration_clips} synthetic clips: a speed benchmark, "
-        "not an accuracy claim).",
+        "Load s = backend creation and open (artefact read, session/engine set-up); build s = artefact build "
+        + ("(export, quantisation; INT8 calibrated on the calibration split of the media set above)."
+           if s.calibration == "media" else
+           f"(export, quantisation; INT8 calibrated on {s.calibration_clips} synthetic clips: a speed benchmark, "
+           "not an accuracy claim)."),
         "End-to-end: both sides warmed up and timed in steady state on the same generated 720p files and weights; "
         "overlap efficiency = pipeline clips/s / model-only clips/s of the same row at the pipeline's batch size.",
     ]
