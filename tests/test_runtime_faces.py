@@ -190,6 +190,7 @@ def test_blazeface_chain_finds_the_astronaut_face() -> None:
 def test_dlib_runs_the_seed_way_on_a_320_px_copy() -> None:
     pytest.importorskip("dlib")
     detector = faces.DlibDetector()
+    assert detector._detector is None  # built on first use (~0.5 s per worker), not when the chain is set up
     big = cv2.resize(astronaut(), (1024, 1024), interpolation=cv2.INTER_LINEAR)
     face = max(detector.detect(big), key=lambda f: f.area)  # (upsampled once, HOG also fires on a patch)
     cx, cy = (face.x0 + face.x1) / 2, (face.y0 + face.y1) / 2

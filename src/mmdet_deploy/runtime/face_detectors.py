@@ -122,10 +122,14 @@ class DlibDetector(FaceDetector):
     name = "dlib"
 
     def __init__(self) -> None:
-        dlib = require("dlib", "the dlib face detector")
-        self._detector = dlib.get_frontal_face_detector()
+        self._dlib = require("dlib", "the dlib face detector")  # a missing dlib is still reported at start
+        self._detector: Any = None
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        if self._detector is None:
+            # Built on first use: get_frontal_face_detector() takes ~0.5 s (it deserialises the HOG model), paid
+            # per worker thread; in the default chain dlib only runs on frames BlazeFace found no face in.
+            self._detector = self._dlib.get_frontal_face_detector()
         height, width = rgb.shape[:2]
         scale = DLIB_WIDTH / width
         small = cv2.resize(rgb, (DLIB_WIDTH, max(1, round(height * scale))))  # bilinear, as the seed
