@@ -239,12 +239,17 @@ def test_sigkilled_actor_and_crashing_decoder_cost_no_row(cluster: Any, model: P
     raylets = [n.all_processes["raylet"][0].process.pid for n in [cluster.head_node, *cluster.worker_nodes]]
     killed: list[int] = []
     seen: set[int] = set()
+    nodes_with_actors: set[int] = set()
     running = threading.Event()
     running.set()
 
     def watch() -> None:  # kill one actor as soon as both run, then watch Ray bring a new one up
         while running.is_set():
-            actors = [p for p in descendants(raylets) if "InferenceActor" in command_line(p)]
+            actors = []
+            for node, raylet in enumerate(raylets):
+                here = [p for p in descendants([raylet]) if "InferenceActor" in command_line(p)]
+                nodes_with_actors.update([node] if here else [])
+                actors += here
             seen.update(p.pid for p in actors)
             if not killed and len(actors) == 2:
                 try:
@@ -272,7 +277,10 @@ def test_sigkilled_actor_and_crashing_decoder_cost_no_row(cluster: Any, model: P
     actors = json.loads((tmp_path / "ray" / "summary.json").read_text())["ray"]["windows_by_actor"]
     scored_by = {int(tag.split(":")[1]) for tag in actors}
     assert len(seen | scored_by) >= 3, f"Ray brought no actor up after the kill (seen {seen}, scored {actors})"
-    assert len({tag.split(":")[0] for tag in actors}) == 2  # the pool spread over both nodes
+    # The pool spread over both nodes. Ray may place the replacement of the killed actor beside the survivor,
+    # and the killed one may have scored nothing yet, so the nodes are those that ran an actor at any time.
+    scoring_nodes = {tag.split(":")[0] for tag in actors}
+    assert len(nodes_with_actors) == 2 or len(scoring_nodes) == 2, (nodes_with_actors, actors)
     assert sum(actors.values()) == 37  # every scored window counted once
     monkeypatch.delenv(CRASH_ENV)
     local = run_folder(RunConfig(root, model, tmp_path / "local", batch_size=2, workers=1))
