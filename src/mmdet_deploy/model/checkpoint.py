@@ -150,6 +150,28 @@ def group_keys(keys: Iterable[str], limit: int = 12) -> str:
     return ", ".join(items[:limit]) + more
 
 
+def state_differences(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                      ) -> tuple[list[str], list[str], list[str]]:
+    """``(missing, unexpected, problems)`` of ``state`` against ``expected``: the missing and unexpected key
+    names, and one summary part per kind of difference (missing, unexpected, wrong shape); none when they fit."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing: {group_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {group_keys(unexpected)}")
+    if mismatched:
+        shown = "; ".join(mismatched[:8]) + (f"; ... {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
+        problems.append(f"{len(mismatched)} with the wrong shape: {shown}")
+    return missing, unexpected, problems
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Return the state dict restricted to the model's keys, or raise with every difference by name.
 
@@ -160,28 +182,14 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     usable = dict(state)
     if head_mode != "fusion":
         usable = {k: v for k, v in state.items() if not k.startswith(FUSION_PREFIXES)}
-    missing = [k for k in expected if k not in usable]
-    unexpected = [k for k in usable if k not in expected]
-    mismatched = [
-        f"{k} (checkpoint {tuple(usable[k].shape)} vs model {tuple(expected[k].shape)})"
-        for k in expected
-        if k in usable and tuple(usable[k].shape) != tuple(expected[k].shape)
-    ]
+    missing, unexpected, problems = state_differences(expected, usable)
     if head_mode == "fusion" and missing and all(k.startswith(FUSION_PREFIXES) for k in missing):
         raise StateDictMismatchError(
             f"{source}: head 'fusion' needs the full checkpoint, but this is a simplified one (backbone + head "
             f"only); missing: {group_keys(missing)}. Use head 'simplified' or 'fc', or supply the full checkpoint"
         )
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {group_keys(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {group_keys(unexpected)}")
-        if mismatched:
-            shown = "; ".join(mismatched[:8]) + (f"; ... {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
-            parts.append(f"{len(mismatched)} with the wrong shape: {shown}")
-        raise StateDictMismatchError(f"{source}: checkpoint does not fit the model; " + " | ".join(parts))
+    if problems:
+        raise StateDictMismatchError(f"{source}: checkpoint does not fit the model; " + " | ".join(problems))
     return {k: usable[k] for k in expected}
 
 

@@ -21,9 +21,9 @@ from mmdet_deploy.model.checkpoint import (
     DEMO_KEY,
     SAFETENSORS_SUFFIXES,
     CheckpointInfo,
-    group_keys,
     init_demo_weights,
     read_checkpoint,
+    state_differences,
 )
 from mmdet_deploy.model.vqvae import VectorQuantizedVAE, VQVAEConfig, get_vqvae_config
 
@@ -36,24 +36,9 @@ DEMO_PREFIX = "vqvae-"
 
 def check_vqvae_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise :class:`StateDictMismatchError` naming every missing, unexpected and mis-shaped key."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [
-        f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing: {group_keys(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected: {group_keys(unexpected)}")
-    if mismatched:
-        shown = "; ".join(mismatched[:8]) + (f"; ... {len(mismatched) - 8} more" if len(mismatched) > 8 else "")
-        parts.append(f"{len(mismatched)} with the wrong shape: {shown}")
-    if parts:
-        raise StateDictMismatchError(f"{source}: checkpoint does not fit the VQ-VAE; " + " | ".join(parts))
+    _, _, problems = state_differences(model.state_dict(), state)
+    if problems:
+        raise StateDictMismatchError(f"{source}: checkpoint does not fit the VQ-VAE; " + " | ".join(problems))
 
 
 def demo_config_of(info: CheckpointInfo) -> str | None:
