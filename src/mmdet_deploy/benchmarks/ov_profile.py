@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mmdet_deploy.benchmarks.profile import category_lines
+
 #: Kernel names that compute in int8 (``..._I8``, ``..._i8``, ``..._u8``).
 _INT8 = re.compile(r"(^|_)[iu]8($|_)", re.IGNORECASE)
 GEMM_TYPES = frozenset({"Convolution", "GroupConvolution", "Deconvolution", "Gemm"})
@@ -91,13 +93,7 @@ def summarise_layers(layers: Iterable[Mapping[str, Any]], top: int = 12) -> dict
 def format_profiles(profiles: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Markdown lines: one column per profiled row, one line per category (ms per run and share)."""
     names = list(profiles)
-    lines = ["| category | " + " | ".join(f"{n} ms (share)" for n in names) + " |", "|---|" + "---|" * len(names)]
-    for cat in CATEGORIES:
-        cells = []
-        for n in names:
-            c = profiles[n]["categories"][cat]
-            cells.append(f"{c['ms']:.0f} ({100 * c['share']:.1f} %)" if c["ms"] else "-")
-        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    lines = category_lines(profiles, CATEGORIES)
     lines.append("| **total** | " + " | ".join(f"{profiles[n]['total_ms']:.0f}" for n in names) + " |")
     lines.append("| int8 share of GEMM/conv time | "
                  + " | ".join(f"{100 * profiles[n]['int8_gemm_share']:.0f} %" for n in names) + " |")

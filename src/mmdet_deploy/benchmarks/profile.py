@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -117,16 +117,23 @@ def profile_onnx(path: str | Path, feeds: Mapping[str, np.ndarray], *, threads: 
     return {"model": str(path), "threads": threads, "warmup": warmup, **summarise_events(events, runs)}
 
 
-def format_profiles(profiles: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table: one column per profiled model, one row per category (ms per run and share)."""
+def category_lines(profiles: Mapping[str, Mapping[str, Any]], categories: Iterable[str]) -> list[str]:
+    """Markdown header and one line per category: one column per profile (ms per run and share, ``-`` if 0)."""
     names = list(profiles)
     lines = ["| category | " + " | ".join(f"{n} ms (share)" for n in names) + " |",
              "|---|" + "---|" * len(names)]
-    for cat in CATEGORIES:
+    for cat in categories:
         cells = []
         for n in names:
             c = profiles[n]["categories"][cat]
             cells.append(f"{c['ms']:.0f} ({100 * c['share']:.1f} %)" if c["ms"] else "-")
         lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_profiles(profiles: Mapping[str, Mapping[str, Any]]) -> str:
+    """A Markdown table: one column per profiled model, one row per category (ms per run and share)."""
+    names = list(profiles)
+    lines = category_lines(profiles, CATEGORIES)
     lines.append("| **kernel total** | " + " | ".join(f"{profiles[n]['kernel_ms']:.0f}" for n in names) + " |")
     return "\n".join(lines)
