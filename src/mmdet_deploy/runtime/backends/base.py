@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from mmdet_deploy import parity
 from mmdet_deploy.contract import LOGITS, PROB_FAKE, ModelContract
-from mmdet_deploy.errors import BackendError, UsageError
+from mmdet_deploy.errors import BackendError, ContractError, UsageError
 
 
 def softmax_fake(logits: np.ndarray) -> np.ndarray:
@@ -114,6 +114,28 @@ BACKENDS: dict[str, str] = {
     "torch": "mmdet_deploy.runtime.backends.torch:TorchBackend",
     "openvino": "mmdet_deploy.runtime.backends.openvino:OpenVinoBackend",
 }
+
+
+def check_signature(source: str | Path, inputs: Mapping[str, Sequence[Any]], outputs: Sequence[str],
+                    contract: ModelContract) -> int | None:
+    """A loaded graph must have exactly the contract's inputs, their shapes past the batch axis, and ``logits``.
+
+    ``inputs`` maps each input name to its shape as the engine reports it (an ``int`` per static dimension);
+    returns the smallest static batch size of the inputs, None when every batch axis is dynamic.
+    """
+    expected = {spec.name: spec for spec in contract.inputs}
+    if set(inputs) != set(expected):
+        raise ContractError(f"{source}: inputs {sorted(inputs)} do not match the contract's {sorted(expected)}")
+    static = set()
+    for name, spec in expected.items():
+        shape = list(inputs[name])
+        if len(shape) != len(spec.shape) or shape[1:] != list(spec.shape[1:]):
+            raise ContractError(f"{source}: input '{name}' has shape {shape}, the contract says {spec.shape}")
+        if isinstance(shape[0], int):
+            static.add(shape[0])
+    if LOGITS not in outputs:
+        raise ContractError(f"{source}: no '{LOGITS}' output (outputs: {list(outputs)})")
+    return min(static) if static else None
 
 
 def check_backend_name(name: str) -> None:

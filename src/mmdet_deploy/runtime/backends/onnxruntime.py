@@ -28,7 +28,7 @@ import numpy as np
 from mmdet_deploy.contract import LOGITS, PROB_FAKE, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import BackendError, ContractError, UsageError, one_line
-from mmdet_deploy.runtime.backends.base import Backend
+from mmdet_deploy.runtime.backends.base import Backend, check_signature
 
 logger = logging.getLogger(__name__)
 
@@ -188,27 +188,11 @@ class OnnxRuntimeBackend(Backend):
 
     def _check_signature(self, session: Any, contract: ModelContract) -> None:
         """The graph must have exactly the contract's inputs and shapes and produce its outputs."""
-        inputs = {i.name: i for i in session.get_inputs()}
-        expected = {spec.name: spec for spec in contract.inputs}
-        if set(inputs) != set(expected):
-            raise ContractError(
-                f"{self.model_path}: inputs {sorted(inputs)} do not match the contract's {sorted(expected)}"
-            )
-        batch_dims = set()
-        for name, spec in expected.items():
-            shape = inputs[name].shape
-            if len(shape) != len(spec.shape) or list(shape[1:]) != list(spec.shape[1:]):
-                raise ContractError(
-                    f"{self.model_path}: input '{name}' has shape {shape}, the contract says {spec.shape}"
-                )
-            batch_dims.add(shape[0] if isinstance(shape[0], int) else None)
+        inputs = {i.name: i.shape for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
-        if LOGITS not in outputs:
-            raise ContractError(f"{self.model_path}: no '{LOGITS}' output (outputs: {outputs})")
-        self._input_names = tuple(expected)
+        self._max_batch = check_signature(self.model_path, inputs, outputs, contract)
+        self._input_names = tuple(spec.name for spec in contract.inputs)
         self._output_names = [n for n in (LOGITS, PROB_FAKE) if n in outputs]
-        static = {d for d in batch_dims if d is not None}
-        self._max_batch = min(static) if static else None
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from mmdet_deploy.contract import LOGITS, METADATA_KEY, ModelContract
+from mmdet_deploy.contract import METADATA_KEY, ModelContract
 from mmdet_deploy.deps import require
 from mmdet_deploy.errors import BackendError, ContractError, UsageError
 from mmdet_deploy.fileio import sha256_file
-from mmdet_deploy.runtime.backends.base import Backend
+from mmdet_deploy.runtime.backends.base import Backend, check_signature
 
 logger = logging.getLogger(__name__)
 
@@ -184,28 +184,11 @@ class OpenVinoBackend(Backend):
     def _check_signature(self, compiled: Any, contract: ModelContract | None) -> None:
         """The compiled model must have exactly the contract's inputs and shapes and produce ``logits``."""
         assert contract is not None  # read before compiling, or from a verified cache entry
-        inputs = {p.get_any_name(): p for p in compiled.inputs}
-        expected = {spec.name: spec for spec in contract.inputs}
-        if set(inputs) != set(expected):
-            raise ContractError(
-                f"{self.model_path}: inputs {sorted(inputs)} do not match the contract's {sorted(expected)}"
-            )
-        static_batches = set()
-        for name, spec in expected.items():
-            dims = list(inputs[name].get_partial_shape())
-            shape = [d.get_length() if d.is_static else "?" for d in dims]
-            if len(dims) != len(spec.shape) or shape[1:] != list(spec.shape[1:]):
-                raise ContractError(
-                    f"{self.model_path}: input '{name}' has shape {shape}, the contract says {spec.shape}"
-                )
-            if dims[0].is_static:
-                static_batches.add(int(dims[0].get_length()))
+        inputs = {p.get_any_name(): [d.get_length() if d.is_static else "?" for d in p.get_partial_shape()]
+                  for p in compiled.inputs}
         outputs = [(p, p.get_any_name()) for p in compiled.outputs]
-        names = [n for _, n in outputs]
-        if LOGITS not in names:
-            raise ContractError(f"{self.model_path}: no '{LOGITS}' output (outputs: {names})")
+        self._max_batch = check_signature(self.model_path, inputs, [n for _, n in outputs], contract)
         self._outputs = outputs
-        self._max_batch = min(static_batches) if static_batches else None
 
     def _check_precision(self, compiled: Any) -> None:
         """fp32 is a promise: fail rather than run bf16 behind the user's back."""
