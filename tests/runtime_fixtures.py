@@ -12,7 +12,7 @@ lossy compression, so tests can check that the decoder returned exactly the fram
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -124,12 +124,15 @@ CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".avi": "mpeg
 
 
 def write_video(
-    path: Path, frames: Iterable[np.ndarray], fps: int = 10, codec: str | None = None, rotation: int | None = None
+    path: Path, frames: Iterable[np.ndarray], fps: int = 10, codec: str | None = None, rotation: int | None = None,
+    options: dict[str, str] | None = None, pts: Sequence[int] | None = None,
 ) -> Path:
     """Encode RGB frames with PyAV (codec from the extension by default); returns ``path``.
 
     ``rotation``: a display matrix rotating the stored frames by that many degrees counter-clockwise when
-    shown (what a phone writes for a portrait video: the pixels stay landscape).
+    shown (what a phone writes for a portrait video: the pixels stay landscape). ``options``: the encoder's
+    (default for libx264: near-lossless, ``ultrafast``, so no B-frames). ``pts``: each frame's presentation
+    time in milliseconds (a variable frame rate), instead of one frame per ``1/fps``.
     """
     import av
 
@@ -143,10 +146,17 @@ def write_video(
         stream.pix_fmt = "yuv420p"
         if rotation is not None:
             stream.set_display_rotation(rotation)
-        if stream.codec_context.name in ("libx264",):
+        if options is not None:
+            stream.options = dict(options)
+        elif stream.codec_context.name in ("libx264",):
             stream.options = {"crf": "12", "preset": "ultrafast"}  # near-lossless: painted indices stay crisp
-        for rgb in itertools.chain([first], frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for number, rgb in enumerate(itertools.chain([first], frames)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = int(pts[number]), Fraction(1, 1000)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

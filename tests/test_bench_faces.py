@@ -94,7 +94,8 @@ def test_faces_benchmark_writes_its_report(tmp_path: Path, monkeypatch: pytest.M
     assert rows["chain default"]["photos"] == 2 and rows["chain default"]["right_faces"] == 2
     assert rows["chain default"]["clip_frames"] == 10 and rows["chain default"]["false_faces"] == 0
     variants = report["e2e"]["variants"]
-    assert set(variants) == {"before: haar", "chain default", "chain seed"}
+    assert set(variants) == {"before: haar", "chain default", "chain seed", "chain default (runtime as before)",
+                             "haar (runtime as now)"}
     for row in variants.values():
         assert row["runs"][0]["counts"]["ok"] == 2 and row["files_per_s"] > 0  # 1 video + 1 image, faces found
         assert row["preprocess_only"]["cpu_s"] > 0 and row["preprocess_only"]["stage_s"]["face_detection"] > 0

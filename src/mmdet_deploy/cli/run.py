@@ -64,6 +64,10 @@ HELP = {
     "torch: fp32 (default), fp16 (CUDA) or bf16.",
     "ov_cache": "openvino: folder of compiled models, rebuilt when the model or OpenVINO changes.",
     "ov_requests": "openvino: infer requests in flight per batch (0: OpenVINO's optimum for the hint).",
+    "spin_wait": "onnxruntime: let its threads spin-wait between operators (ORT's default; lower latency when "
+    "the model has the CPU alone). Off by default: decoding and face detection share the cores.",
+    "decode_all_frames": "faces preset: decode every frame of the first 10 s. By default H.264/HEVC frames that "
+    "neither the 10 sampled frames nor any other frame reference are skipped; the sampled frames are the same.",
 }
 
 
@@ -92,9 +96,11 @@ def run(
     threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help=HELP["threshold"]),
     providers: str | None = typer.Option(None, "--providers", help=HELP["providers"]),
     threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime / openvino threads (0: one per core)."),
+    spin_wait: bool = typer.Option(False, "--spin-wait", help=HELP["spin_wait"]),
     trt_fp16: bool = typer.Option(False, "--trt-fp16", help="onnxruntime TensorRT provider: allow FP16."),
     trt_cache: Path | None = typer.Option(None, "--trt-cache", help="onnxruntime TensorRT provider: engine cache."),
     decoder: str = typer.Option("auto", help="Video decoder: auto (PyAV when installed), pyav or opencv."),
+    decode_all_frames: bool = typer.Option(False, "--decode-all-frames", help=HELP["decode_all_frames"]),
     save_crops: bool = typer.Option(False, "--save-crops", help=HELP["save_crops"]),
     report: bool = typer.Option(False, "--report", help=HELP["report"]),
     decode_processes: bool = typer.Option(False, "--decode-processes/--decode-threads", help=HELP["decode_processes"]),
@@ -135,8 +141,9 @@ def run(
         workers=workers, resume=resume, overwrite=overwrite, max_windows=max_windows, face_detectors=face_detectors,
         face_chain=face_chain,
         yunet_model=yunet_model, mediapipe_model=mediapipe_model, detect_size=detect_size, error_label=error_label,
-        threshold=threshold, providers=providers, threads=threads, trt_fp16=trt_fp16, trt_cache=trt_cache,
-        decoder=decoder, save_crops=save_crops, report=report, engine=engine, ray_address=ray_address,
+        threshold=threshold, providers=providers, threads=threads, spin_wait=spin_wait, trt_fp16=trt_fp16,
+        trt_cache=trt_cache, decoder=decoder, decode_all_frames=decode_all_frames, save_crops=save_crops,
+        report=report, engine=engine, ray_address=ray_address,
         ray_actors=ray_actors,
         ray_gpus_per_actor=ray_gpus_per_actor, ray_cpus_per_actor=ray_cpus_per_actor,
         ray_cpus_per_task=ray_cpus_per_task, ray_max_in_flight=ray_max_in_flight, ray_retries=ray_retries,

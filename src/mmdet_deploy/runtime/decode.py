@@ -34,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmdet_deploy.deps import available, require
 from mmdet_deploy.errors import MediaError, UsageError, one_line
 from mmdet_deploy.runtime.names import escape_name
+from mmdet_deploy.runtime.sparse_decode import PacketIndex, index_packets, scan_skipping
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +164,13 @@ class ScanResult:
 
     ``decoded``: frames decoded (the index of the last one + 1). ``complete``: the pass stopped at the end of
     the stream or at ``limit`` rather than on an error. ``error``: why decoding stopped early, if it did.
+    ``skipped``: frames of those left undecoded because nothing needed them (``scan(..., skip_unwanted=True)``).
     """
 
     decoded: int
     complete: bool
     error: str | None = None
+    skipped: int = 0
 
 
 class VideoReader(ABC):
@@ -194,8 +197,18 @@ class VideoReader(ABC):
                                         f"{self.max_pixels} pixels (the same as for images); not decoded")
 
     @abstractmethod
-    def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None) -> ScanResult:
-        """Decode from the current position (the first frame on a fresh reader) up to ``limit`` frames."""
+    def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None,
+             skip_unwanted: bool = False) -> ScanResult:
+        """Decode from the current position (the first frame on a fresh reader) up to ``limit`` frames.
+
+        ``skip_unwanted``: after :meth:`count_frames` gave a count, the reader may leave frames undecoded that
+        neither ``want`` nor any other frame needs, and stop after the last wanted one; ``decoded`` is then the
+        span's count. The frames visited are the same either way.
+        """
+
+    def count_frames(self, limit: int) -> int | None:
+        """The exact number of frames in the first ``limit``, known without decoding; None when unknown."""
+        return None
 
     @abstractmethod
     def close(self) -> None: ...
@@ -221,20 +234,11 @@ class PyAVReader(VideoReader):
 
     def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(path, max_pixels)
-        av = require("av", "decoding videos with PyAV")
-        self._error_types: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError)
-        try:
-            # PyAV encodes a str path with the file system encoding: non-UTF-8 names open fine.
-            self._container = av.open(str(path), mode="r")
-        except self._error_types as exc:
-            raise MediaError(self.name, f"not a readable video container ({one_line(exc, 200)})") from None
-        if not self._container.streams.video:
-            kinds = sorted({s.type for s in self._container.streams}) or ["none"]
-            self._container.close()
-            raise MediaError(self.name, f"no video stream (streams found: {', '.join(kinds)}; audio-only file?)")
-        # FFmpeg's default (slice) threading: frame threading ("AUTO") costs a thread start-up per file that
-        # is not repaid on short clips, and the runtime already decodes several files in parallel.
-        self._stream = self._container.streams.video[0]
+        self._av = require("av", "decoding videos with PyAV")
+        self._error_types: tuple[type[BaseException], ...] = (self._av.FFmpegError, OSError, ValueError)
+        self._packets: PacketIndex | None = None  # from count_frames
+        self._fresh = True  # nothing decoded yet
+        self._open()
         try:
             self._check_size(int(self._stream.codec_context.width), int(self._stream.codec_context.height))
         except MediaError:
@@ -244,7 +248,40 @@ class PyAVReader(VideoReader):
         self.fps = _clean_rate(float(rate) if rate else None)
         self.frame_count_hint = int(self._stream.frames) or None
 
-    def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None) -> ScanResult:
+    def _open(self) -> None:
+        """(Re)open the container at its first frame; the stream is its first video stream."""
+        if getattr(self, "_container", None) is not None:
+            self._container.close()
+        try:
+            # PyAV encodes a str path with the file system encoding: non-UTF-8 names open fine.
+            self._container = self._av.open(str(self.path), mode="r")
+        except self._error_types as exc:
+            raise MediaError(self.name, f"not a readable video container ({one_line(exc, 200)})") from None
+        if not self._container.streams.video:
+            kinds = sorted({s.type for s in self._container.streams}) or ["none"]
+            self._container.close()
+            raise MediaError(self.name, f"no video stream (streams found: {', '.join(kinds)}; audio-only file?)")
+        # FFmpeg's default (slice) threading: frame threading ("AUTO") costs a thread start-up per file that
+        # is not repaid on short clips, and the runtime already decodes several files in parallel.
+        self._stream = self._container.streams.video[0]
+
+    def count_frames(self, limit: int) -> int | None:
+        """From the packets, for H.264 and HEVC streams that allow skipping (see :mod:`.sparse_decode`)."""
+        self._packets = index_packets(self._av, self.path, limit) if limit > 0 else None
+        return self._packets.count if self._packets else None
+
+    def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None,
+             skip_unwanted: bool = False) -> ScanResult:
+        if skip_unwanted and self._packets is not None and self._fresh:
+            self._fresh = False
+            sparse = scan_skipping(self._av, self._container, self._stream, self._packets, want, self._upright)
+            if sparse is not None:
+                frames, skipped = sparse
+                for index, pixels in sorted(frames.items()):
+                    visit(index, pixels)
+                return ScanResult(self._packets.count, True, skipped=skipped)
+            self._open()  # a doubt about skipping: decode every frame of a fresh container instead
+        self._fresh = False
         index = 0
         if limit is not None and limit <= 0:
             return ScanResult(0, True)
@@ -298,7 +335,8 @@ class OpenCVReader(VideoReader):
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count_hint = int(count) if math.isfinite(count) and count > 0 else None
 
-    def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None) -> ScanResult:
+    def scan(self, want: FrameFilter, visit: FrameVisitor, limit: int | None = None,
+             skip_unwanted: bool = False) -> ScanResult:  # OpenCV decodes every frame it grabs
         index = 0
         while limit is None or index < limit:
             # OpenCV does not tell the end of the stream from a decoding error: both end the pass.

@@ -304,6 +304,7 @@ class _Run:
         if outcome.frames_decoded is not None:
             self.summary.videos_decoded += 1
             self.summary.frames_decoded += outcome.frames_decoded
+            self.summary.frames_skipped += outcome.frames_skipped
         if outcome.windows != slot.received:
             raise MMDetError(f"{slot.item.name}: {slot.received} windows received, {outcome.windows} prepared")
         slot.prepared = outcome

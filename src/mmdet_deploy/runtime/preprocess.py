@@ -89,8 +89,10 @@ class PreparedFile:
     frames_without_face: int = 0
     #: Distinct source frames used (1 for an image).
     frames_used: int = 0
-    #: Frames decoded from the video (None for an image).
+    #: Frames decoded from the video (None for an image): the frames the sampling ran over.
     frames_decoded: int | None = None
+    #: Of ``frames_decoded``, those left undecoded because nothing needed them (see ``runtime.sparse_decode``).
+    frames_skipped: int = 0
     fps: float | None = None
     decoder: str | None = None
     rotation: int = 0
@@ -160,6 +162,7 @@ class Preprocessor:
         max_windows: int | None = None,
         *,
         decoder: str = "auto",
+        decode_all_frames: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_seconds: float = MAX_SECONDS,
         reconstruction: ReconstructionSource | None = None,
@@ -168,7 +171,8 @@ class Preprocessor:
     ) -> None:
         # What a worker process needs to build its own copy (face detectors are not picklable): see __reduce__.
         self._init_args: tuple[Any, ...] = (contract, preset, face_detectors, max_windows)
-        self._init_kwargs: dict[str, Any] = {"decoder": decoder, "max_pixels": max_pixels,
+        self._init_kwargs: dict[str, Any] = {"decoder": decoder, "decode_all_frames": decode_all_frames,
+                                             "max_pixels": max_pixels,
                                              "max_seconds": max_seconds, "reconstruction": reconstruction,
                                              "preview_side": preview_side, **detector_options}
         if contract.head == "fusion":
@@ -188,6 +192,9 @@ class Preprocessor:
         #: Windows scored at most when ``max_windows`` is None (an hour-long file must not take hours).
         self.safety_windows = SAFETY_WINDOWS
         self.decoder = resolve_decoder(decoder)
+        #: faces preset: decode every frame of the sampling span, even those nothing needs (slower; every
+        #: frame is then checked by the decoder). False: :mod:`~mmdet_deploy.runtime.sparse_decode` skips them.
+        self.decode_all_frames = bool(decode_all_frames)
         self.max_pixels = max_pixels
         self.max_seconds = max_seconds
         self.reconstruction = reconstruction or IdentityReconstruction()
@@ -319,11 +326,12 @@ class Preprocessor:
 
     def _video_faces(self, path: Path, item: PreparedFile, emit: WindowSink) -> None:
         t0 = time.perf_counter()
-        sampled = read_sampled_frames(path, self.frames, self.max_seconds, self.decoder, max_pixels=self.max_pixels)
+        sampled = read_sampled_frames(path, self.frames, self.max_seconds, self.decoder, max_pixels=self.max_pixels,
+                                      skip_unneeded=not self.decode_all_frames)
         frames, indices, count, limit = sampled.frames, sampled.indices, sampled.decoded, sampled.limit
         item.fps, item.rotation = sampled.fps, sampled.rotation
         item.timings["decode"] = time.perf_counter() - t0
-        item.frames_decoded = count
+        item.frames_decoded, item.frames_skipped = count, sampled.skipped
         if sampled.error:
             item.notes.append(sampled.error)
         if count < self.frames:

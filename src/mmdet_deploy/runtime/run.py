@@ -72,6 +72,7 @@ def build_preprocessor(
                             "mediapipe_model": config.mediapipe_model, "chain": config.face_chain or "default",
                             "providers": face_providers}
     return Preprocessor(contract, preset, config.face_detectors, config.max_windows, decoder=config.decoder,
+                        decode_all_frames=config.decode_all_frames,
                         preview_side=PREVIEW_SIDE if config.report else 0, **detector_options,
                         reconstruction=reconstruction or recons_vqvae.open_run_recons(config, contract))
 
@@ -93,7 +94,7 @@ def run_settings(config: RunConfig, contract: ModelContract, preprocessor: Prepr
         "model": escape_name(str(config.model.resolve())), "input": escape_name(str(config.input_path.resolve())),
         "backend": dict(backend) if isinstance(backend, Mapping) else backend.describe(),
         "demo_weights": contract.demo_weights, "contract": contract.to_dict(),
-        "save_crops": config.save_crops, "engine": config.engine,
+        "save_crops": config.save_crops, "engine": config.engine, "decode_all_frames": config.decode_all_frames,
         "recons": recons_vqvae.recons_settings(preprocessor.reconstruction),
         "recons_source": preprocessor.reconstruction.describe(),
     }

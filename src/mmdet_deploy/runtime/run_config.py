@@ -26,6 +26,7 @@ from mmdet_deploy.runtime.sink import ResultsSink
 BACKEND_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
     "providers": ("--providers", {"onnxruntime": "providers"}),
     "threads": ("--threads", {"onnxruntime": "intra_op_threads", "openvino": "threads"}),
+    "spin_wait": ("--spin-wait", {"onnxruntime": "allow_spinning"}),
     "trt_fp16": ("--trt-fp16", {"onnxruntime": "trt_fp16"}),
     "trt_cache": ("--trt-cache", {"onnxruntime": "trt_engine_cache"}),
     "precision": ("--precision", {"openvino": "precision", "torch": "precision"}),
@@ -39,7 +40,8 @@ BACKEND_FLAGS: dict[str, tuple[str, dict[str, str]]] = {
 }
 #: Options of the faces preset alone.
 FACES_ONLY = {"--face-detectors": "face_detectors", "--yunet-model": "yunet_model",
-              "--mediapipe-model": "mediapipe_model", "--face-chain": "face_chain"}
+              "--mediapipe-model": "mediapipe_model", "--face-chain": "face_chain",
+              "--decode-all-frames": "decode_all_frames"}
 #: Scoring engines: the threaded pipeline of this process, or Ray Data over a (local or remote) Ray cluster.
 ENGINES = ("local", "ray")
 #: Options of the ray engine alone (flag name -> RunConfig field), refused with ``engine="local"``.
@@ -81,12 +83,15 @@ class RunConfig:
     tensorrt). ``batch_size`` is clips per inference call, ``workers`` preprocessing threads,
     ``detect_size`` the longer side in pixels of the frame copy face detectors see. Backend options
     (:data:`BACKEND_FLAGS`): ``providers``, ``trt_fp16`` and ``trt_cache`` for onnxruntime; ``threads``
-    for onnxruntime and openvino; ``precision`` (openvino: fp32 | bf16; torch: fp32 | fp16 | bf16),
+    for onnxruntime and openvino; ``spin_wait`` for onnxruntime (its intra-op threads spin between operators,
+    ORT's own default: off here, where decoding and face detection share the cores); ``precision``
+    (openvino: fp32 | bf16; torch: fp32 | fp16 | bf16),
     ``ov_cache`` (a folder of compiled models), ``ov_hint`` (latency | throughput) and ``ov_requests``
     (requests in flight) for openvino; ``model_config`` (``base``/``tiny``), ``head`` and ``cuda_graphs``
     for torch (None: base, simplified, fp32, no graphs). ``face_chain`` (``default`` when None, or
     ``seed``: see :data:`~mmdet_deploy.runtime.faces.CHAINS`), ``face_detectors`` (a list of its own
-    instead of a chain), ``yunet_model`` and ``mediapipe_model`` to the faces preset only.
+    instead of a chain), ``yunet_model``, ``mediapipe_model`` and ``decode_all_frames`` (decode even the frames
+    that neither the sampling nor any other frame needs: see ``runtime.sparse_decode``) to the faces preset only.
     ``decode_processes``: the ``workers`` are processes instead of threads (decoding and face detection then
     scale past the GIL; see ``runtime.prepare_pool``). ``file_timeout`` (local engine): seconds one file's
     preparation may go without progress before it gets an ``error`` row (0: no limit). Names lists accept
@@ -125,9 +130,11 @@ class RunConfig:
     threshold: float | None = None
     providers: tuple[str, ...] | None = None
     threads: int = 0
+    spin_wait: bool = False
     trt_fp16: bool = False
     trt_cache: Path | None = None
     decoder: str = "auto"
+    decode_all_frames: bool = False
     save_crops: bool = False
     report: bool = False
     file_timeout: float = DEFAULT_FILE_TIMEOUT

@@ -30,9 +30,11 @@ class PipelineStats:
     batch_size: int = 0
     #: ``threads`` or ``processes``: where preprocessing ran.
     worker_kind: str = "threads"
-    #: Videos read, and the frames decoded from them (every frame up to the sampling span is decoded).
+    #: Videos read, and the frames decoded from them (every frame up to the sampling span), of which
+    #: ``frames_skipped`` were left undecoded because nothing needed them (see ``runtime.sparse_decode``).
     videos_decoded: int = 0
     frames_decoded: int = 0
+    frames_skipped: int = 0
 
     @property
     def files(self) -> int:
@@ -56,6 +58,7 @@ class PipelineStats:
             "batches": self.batches, "workers": self.workers, "batch_size": self.batch_size,
             "worker_kind": self.worker_kind, "videos_decoded": self.videos_decoded,
             "frames_decoded": self.frames_decoded, "frames_decoded_per_video": round(self.frames_per_video, 2),
+            "frames_skipped": self.frames_skipped,
         }
 
     @property

@@ -29,26 +29,32 @@ class SampledFrames:
     fps: float | None
     error: str | None = None
     rotation: int = 0  # display rotation applied, degrees (see VideoReader.rotation)
+    skipped: int = 0  # frames of ``decoded`` left undecoded: nothing needed them (see runtime.sparse_decode)
 
 
 def read_sampled_frames(
     path: Path, count: int, max_seconds: float, decoder: str = "auto", fallback_fps: float = FALLBACK_FPS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS, skip_unneeded: bool = True,
 ) -> SampledFrames:
     """Decode the first ``max_seconds`` of a video sequentially and keep ``count`` evenly spaced frames.
 
     The seed's sampling, exactly: the span is ``int(fps * max_seconds)`` frames, the kept indices are
-    ``np.linspace`` over the frames really decoded in it. Only the frames guessed from the container's
-    frame count are converted to RGB; when that guess was wrong (an estimate, or decoding stopped early),
-    the video is decoded a second time for the exact frames. Raises :class:`MediaError` when no frame decodes.
+    ``np.linspace`` over the frames really decoded in it. When the reader can count the span's frames from
+    the container's packets (PyAV, H.264 and HEVC: :mod:`~mmdet_deploy.runtime.sparse_decode`), the indices
+    are known at once and frames that neither they nor any other frame need are not decoded. Otherwise
+    every frame is decoded and only those guessed from the container's frame count are converted to RGB;
+    when that guess was wrong (an estimate, or decoding stopped early), the video is decoded a second time
+    for the exact frames. ``skip_unneeded=False`` decodes every frame of the span. Raises :class:`MediaError`
+    when no frame decodes.
     """
     frames: dict[int, np.ndarray] = {}
     with open_video(path, decoder, max_pixels) as reader:
         fps = reader.fps
         limit = max(1, int((fps or fallback_fps) * max_seconds))  # the seed's int(fps * 10)
-        guess = min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit
+        exact = reader.count_frames(limit) if skip_unneeded else None
+        guess = exact or (min(reader.frame_count_hint, limit) if reader.frame_count_hint else limit)
         wanted = set(sample_indices(guess, count))
-        scan = reader.scan(wanted.__contains__, frames.__setitem__, limit)
+        scan = reader.scan(wanted.__contains__, frames.__setitem__, limit, skip_unwanted=exact is not None)
         rotation = reader.rotation  # known once frames are decoded (PyAV reports it per frame)
     decoded = scan.decoded
     if decoded == 0:
@@ -63,4 +69,4 @@ def read_sampled_frames(
             rescan = reader.scan(wanted.__contains__, frames.__setitem__, decoded)
         if not set(indices) <= frames.keys():
             raise MediaError(str(path), f"frames changed between two decoding passes ({rescan.error or 'fewer'})")
-    return SampledFrames(frames, indices, decoded, limit, fps, scan.error, rotation)
+    return SampledFrames(frames, indices, decoded, limit, fps, scan.error, rotation, scan.skipped)

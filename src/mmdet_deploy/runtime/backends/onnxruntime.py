@@ -10,6 +10,9 @@ Options (keyword arguments of the constructor, all optional):
   ORT names; default from ``device``: ``cpu`` -> CPU; ``cuda[:N]`` -> CUDA then CPU.
 * ``device_id``: GPU index (also accepted as ``device="cuda:N"``).
 * ``intra_op_threads`` / ``inter_op_threads``: ORT thread pools (0 = ORT's default, one per core).
+* ``allow_spinning``: the intra-op threads spin-wait for work between operators (ORT's default, True). False
+  frees the cores for other threads of the process: ``mmdet-run`` turns it off (``--spin-wait`` turns it back
+  on), since decoding and face detection run beside inference.
 * ``graph_optimization``: ``disable``, ``basic``, ``extended`` or ``all`` (default).
 * ``trt_fp16``, ``trt_engine_cache`` (a folder), ``trt_workspace_gb``: TensorRT provider options.
 * ``provider_options``: a mapping provider name -> dict of extra ORT options, merged last.
@@ -102,6 +105,9 @@ class OnnxRuntimeBackend(Backend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options.get("intra_op_threads", 0) or 0)
         so.inter_op_num_threads = int(self.options.get("inter_op_threads", 0) or 0)
+        spin = "1" if self.options.get("allow_spinning", True) else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         level = str(self.options.get("graph_optimization", "all"))
         if level not in GRAPH_LEVELS:
             raise UsageError(f"unknown graph optimisation level {level!r}; choose one of {', '.join(GRAPH_LEVELS)}")
@@ -216,6 +222,7 @@ class OnnxRuntimeBackend(Backend):
             onnxruntime=ort.__version__,
             providers=list(self.providers),
             intra_op_threads=int(self.options.get("intra_op_threads", 0) or 0),
+            allow_spinning=bool(self.options.get("allow_spinning", True)),
             max_batch=self._max_batch,
         )
         if self.contract is not None:
