@@ -131,6 +131,13 @@ def test_two_onnxruntime_distributions_are_warned_about(
 def test_threads_and_graph_level_options(synthetic_model: Path) -> None:
     with OnnxRuntimeBackend(synthetic_model, intra_op_threads=1, graph_optimization="basic") as backend:
         assert backend.describe()["intra_op_threads"] == 1
+        options = backend.session.get_session_options()  # ORT's own default: its threads spin-wait
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with OnnxRuntimeBackend(synthetic_model, allow_spinning=False) as backend:
+        options = backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+        assert backend.describe()["allow_spinning"] is False
     with pytest.raises(UsageError, match="graph optimisation level"):
         OnnxRuntimeBackend(synthetic_model, graph_optimization="max").open()
 

@@ -125,6 +125,8 @@ def test_single_file_and_list_inputs(model: Path, tmp_path: Path) -> None:
         (["--preset", "frames", "--face-detectors", "haar"], "only apply to --preset faces"),
         (["--face-detectors", "retina"], "unknown face detector"),
         (["--backend", "tensorrt", "--threads", "2"], "only apply to --backend onnxruntime"),
+        (["--backend", "openvino", "--spin-wait"], "--spin-wait only apply to --backend onnxruntime"),
+        (["--preset", "frames", "--decode-all-frames"], "--decode-all-frames only apply to --preset faces"),
         (["--resume", "--overwrite"], "contradict"),
     ],
 )

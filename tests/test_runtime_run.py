@@ -119,6 +119,10 @@ def test_run_config_normalises_and_is_frozen(tmp_path: Path) -> None:
     assert config.face_detectors == ("haar", "yunet") and config.providers == ("cuda", "cpu")
     assert config.device == "cpu" and RunConfig(tmp_path, tmp_path, tmp_path, backend="tensorrt").device == "cuda"
     assert config.backend_options()["providers"] == ["cuda", "cpu"]
+    # ORT's threads do not spin-wait in a run (decoding and faces share the cores) unless asked to.
+    assert config.backend_options()["allow_spinning"] is False
+    assert RunConfig(tmp_path, tmp_path, tmp_path, spin_wait=True).backend_options()["allow_spinning"] is True
+    assert "allow_spinning" not in RunConfig(tmp_path, tmp_path, tmp_path, backend="openvino").backend_options()
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.batch_size = 8  # type: ignore[misc]
 
@@ -137,6 +141,8 @@ def test_run_config_normalises_and_is_frozen(tmp_path: Path) -> None:
         ({"decoder": "ffmpeg"}, "unknown video decoder"),
         ({"backend": "tensorrt", "threads": 2}, "--threads only apply to --backend onnxruntime"),
         ({"preset": "frames", "yunet_model": "y.onnx"}, "--yunet-model only apply to --preset faces"),
+        ({"preset": "frames", "decode_all_frames": True}, "--decode-all-frames only apply to --preset faces"),
+        ({"backend": "openvino", "spin_wait": True}, "--spin-wait only apply to --backend onnxruntime"),
     ],
 )
 def test_run_config_refuses_bad_options(tmp_path: Path, options: dict[str, object], message: str) -> None:
