@@ -6,13 +6,15 @@ preprocessing scales with workers as threads and as processes.
     python -m mmdet_deploy.benchmarks.decode --out DIR [--workers 1,2] [--copies 8] [--seconds 10] [--fps 30]
 
 The measured work is the runtime's own: :func:`mmdet_deploy.runtime.video_sampling.read_sampled_frames`, the
-faces preset's exact decode of the first 10 s (every frame decoded in order, 10 kept; 300 frames of a
-30 fps file), and :func:`~mmdet_deploy.runtime.prepare.prepare_file` (decode, face detection, crops)
-through the runtime's thread and process pools. Each configuration reads ``copies`` copies of one
-generated 720p video (so every task costs the same; ``--per-worker N`` raises that to N files per worker, so
-that many workers are not timed on a handful of files), after an untimed warm-up that also starts the
-worker processes: figures are steady-state throughput, and the process start-up is reported apart.
-PyAV's own frame threading (one file, ``thread_type="AUTO"``) is measured beside FFmpeg's default.
+faces preset's exact sampling of the first 10 s (300 frames of a 30 fps file, 10 kept; by default the
+H.264/HEVC frames nothing references are skipped, see :mod:`~mmdet_deploy.runtime.sparse_decode`: frames/s
+counts the span's frames, decoded or skipped, and the ``skipped`` column says how many were skipped), and
+:func:`~mmdet_deploy.runtime.prepare.prepare_file` (decode, face detection, crops) through the runtime's
+thread and process pools. Each configuration reads ``copies`` copies of one generated 720p video (so every
+task costs the same; ``--per-worker N`` raises that to N files per worker, so that many workers are not timed
+on a handful of files), after an untimed warm-up that also starts the worker processes: figures are steady-
+state throughput, and the process start-up is reported apart. PyAV's own frame threading (one file,
+``thread_type="AUTO"``) is measured beside FFmpeg's default.
 Writes ``decode.json`` and ``decode.md`` in ``--out``.
 """
 
@@ -40,11 +42,12 @@ from mmdet_deploy.runtime.preprocess import MAX_SECONDS, PreparedFile, Preproces
 MODES = ("threads", "processes")
 
 
-def decode_one(path: Path, decoder: str) -> int:
-    """The runtime's exact sampling decode of one file; returns the frames decoded."""
+def decode_one(path: Path, decoder: str) -> tuple[int, int]:
+    """The runtime's exact sampling decode of one file; returns the span's frames and those of them skipped."""
     from mmdet_deploy.runtime.video_sampling import read_sampled_frames
 
-    return read_sampled_frames(path, FRAMES, MAX_SECONDS, decoder).decoded
+    sampled = read_sampled_frames(path, FRAMES, MAX_SECONDS, decoder)
+    return sampled.decoded, sampled.skipped
 
 
 def _decode_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) -> dict[str, Any]:
@@ -59,9 +62,10 @@ def _decode_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) -
         list(executor.map(decode_one, files[:workers], [decoder] * workers))  # warm-up; starts processes
         warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        frames = sum(executor.map(decode_one, files, [decoder] * len(files)))
+        counts = list(executor.map(decode_one, files, [decoder] * len(files)))
         wall = time.perf_counter() - t0
-    return _figures("decode", mode, workers, len(files), frames, wall, warm_s)
+    return _figures("decode", mode, workers, len(files), sum(c[0] for c in counts), wall, warm_s,
+                    sum(c[1] for c in counts))
 
 
 def _prepare_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) -> dict[str, Any]:
@@ -84,17 +88,19 @@ def _prepare_rate(files: Sequence[Path], decoder: str, workers: int, mode: str) 
     failed = [o for o in outcomes if not isinstance(o, PreparedFile)]
     if failed:
         raise RuntimeError(f"preprocessing failed during the benchmark: {failed[0]}")
-    frames = sum(o.frames_decoded or 0 for o in outcomes if isinstance(o, PreparedFile))
-    return _figures("prepare (decode + faces + crops)", mode, workers, len(files), frames, wall, warm_s)
+    prepared = [o for o in outcomes if isinstance(o, PreparedFile)]
+    return _figures("prepare (decode + faces + crops)", mode, workers, len(files),
+                    sum(o.frames_decoded or 0 for o in prepared), wall, warm_s, sum(o.frames_skipped for o in prepared))
 
 
 def _figures(work: str, mode: str, workers: int, files: int, frames: int, wall: float,
-             warm_s: float) -> dict[str, Any]:  # fmt: skip
-    """Throughput of one configuration; ``warm_s`` is the untimed warm-up (process start-up included)."""
+             warm_s: float, skipped: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Throughput of one configuration; ``warm_s`` is the untimed warm-up (process start-up included);
+    ``skipped``: of the ``frames``, those left undecoded because nothing needed them."""
     return {
         "work": work, "mode": mode, "workers": workers, "files": files, "frames": frames, "wall_s": wall,
         "files_per_s": files / wall, "fps": frames / wall, "fps_per_worker": frames / wall / workers,
-        "warmup_s": warm_s,
+        "warmup_s": warm_s, "skipped": skipped,
     }  # fmt: skip
 
 
@@ -171,12 +177,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"per worker), {report['cores']} cores, "
         f"load average {report['load_average_before']} before / {report['load_average_after']} after.",
         "",
-        "| work | mode | workers | files/s | frames/s | frames/s per worker | warm-up s |",
-        "|---|---|---|---|---|---|---|",
+        "| work | mode | workers | files/s | frames/s | frames/s per worker | share of frames skipped | warm-up s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
+        skipped = r.get("skipped", 0) / r["frames"] if r["frames"] else 0.0
         lines.append(f"| {r['work']} | {r['mode']} | {r['workers']} | {r['files_per_s']:.2f} | {r['fps']:.0f} | "
-                     f"{r['fps_per_worker']:.0f} | {r['warmup_s']:.2f} |")
+                     f"{r['fps_per_worker']:.0f} | {100 * skipped:.0f} % | {r['warmup_s']:.2f} |")
     lines.append("")
     for r in report.get("pyav_threading", []):
         if "status" in r:
