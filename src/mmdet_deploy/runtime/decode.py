@@ -238,6 +238,7 @@ class PyAVReader(VideoReader):
         self._error_types: tuple[type[BaseException], ...] = (self._av.FFmpegError, OSError, ValueError)
         self._packets: PacketIndex | None = None  # from count_frames
         self._fresh = True  # nothing decoded yet
+        self._container: Any = None
         self._open()
         try:
             self._check_size(int(self._stream.codec_context.width), int(self._stream.codec_context.height))
@@ -250,7 +251,7 @@ class PyAVReader(VideoReader):
 
     def _open(self) -> None:
         """(Re)open the container at its first frame; the stream is its first video stream."""
-        if getattr(self, "_container", None) is not None:
+        if self._container is not None:
             self._container.close()
         try:
             # PyAV encodes a str path with the file system encoding: non-UTF-8 names open fine.
