@@ -112,17 +112,10 @@ def load_photos(real_media: Path, labels: Path = LABELS) -> tuple[list[Photo], l
 
 def clip_frames(path: Path, frames: int = 10, max_seconds: float = 10.0) -> list[tuple[int, np.ndarray]]:
     """The frames the faces preset samples from a video (``np.linspace`` over the first 10 s), decoded exactly."""
-    from mmdet_deploy.runtime.decode import open_video
-    from mmdet_deploy.runtime.frame_sampling import sample_indices
+    from mmdet_deploy.runtime.video_sampling import read_sampled_frames
 
-    with open_video(path, "auto") as reader:
-        limit = max(1, int((reader.fps or 30.0) * max_seconds))
-        count = reader.scan(lambda i: False, lambda i, f: None, limit).decoded
-    wanted = sample_indices(count, frames)
-    kept: dict[int, np.ndarray] = {}
-    with open_video(path, "auto") as reader:
-        reader.scan(set(wanted).__contains__, kept.__setitem__, count)
-    return [(i, kept[i]) for i in wanted]
+    sampled = read_sampled_frames(path, frames, max_seconds)
+    return [(i, sampled.frames[i]) for i in sampled.indices]
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
