@@ -7,6 +7,7 @@ container; a stream the skipping cannot vouch for must take the full decode.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,18 @@ def test_the_real_clip_and_the_benchmark_media(tmp_path: Path) -> None:
     generated = write_benchmark_video(tmp_path / "bench.mp4", seed=3, seconds=4.0, fps=25, codec="h264")
     full, sparse = _both(generated)  # the faces benchmark's 720p media: x264 veryfast, with B-frames
     assert full.decoded == 100 and sparse.skipped >= 30
+
+
+def test_the_real_clip_re_encoded_with_b_frames(tmp_path: Path) -> None:
+    """Real camera content, encoded as x264 and phones do (B-frames): the skipping path on real pixels."""
+    if not REAL_CLIP.is_file():
+        pytest.skip(f"real-media clip not found: {REAL_CLIP}")
+    with av.open(str(REAL_CLIP)) as clip:
+        frames = [f.to_ndarray(format="rgb24") for f in itertools.islice(clip.decode(video=0), 150)]
+    video = write_video(tmp_path / "hamilton-b-frames.mp4", frames, fps=30, codec="libx264",
+                        options={**X264_B, "crf": "23"})  # fmt: skip
+    full, sparse = _both(video)
+    assert full.decoded == 150 and sparse.skipped > 0
 
 
 def test_a_stream_that_does_not_start_on_a_key_frame_is_decoded_whole(tmp_path: Path) -> None:
